@@ -1,0 +1,2 @@
+//! Mutating admission webhook that injects the mesh proxy into pods.
+#![forbid(unsafe_code)]

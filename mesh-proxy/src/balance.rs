@@ -1,0 +1,362 @@
+//! Per-request load balancing over a set of endpoints.
+//!
+//! The default is power-of-two-choices over a peak-EWMA latency estimate
+//! (as in Linkerd and Finagle): pick two endpoints at random and send to the
+//! one with the lower `latency × (in-flight + 1)`. Round robin, least request
+//! and consistent hashing (ring hash, for session affinity) are the others.
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+/// How fast a latency peak is forgotten. Linkerd uses 10 s; that makes one
+/// scheduling hiccup starve an endpoint for seconds on a busy node, so we
+/// forget faster and let fresh samples decide.
+pub const EWMA_DECAY: Duration = Duration::from_millis(500);
+
+/// Latency assumed for an endpoint before it has been measured, so that new
+/// endpoints are tried soon but not flooded.
+pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(1);
+
+/// Two costs closer than this ratio are noise, not a real difference: P2C
+/// picks between them at random. Without it, identical backends are split
+/// unevenly by a few microseconds of jitter.
+pub const COST_TIE_RATIO: f64 = 1.25;
+
+/// Virtual nodes per endpoint on the consistent-hash ring; 100 keeps the
+/// load spread within a few percent for small endpoint sets.
+pub const RING_VNODES: usize = 100;
+
+/// Which algorithm picks the endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Power of two choices over peak-EWMA latency (the default).
+    P2cEwma,
+    RoundRobin,
+    /// Power of two choices over in-flight requests.
+    LeastRequest,
+    Random,
+    /// Ring hash on a request key (header, cookie or source IP).
+    ConsistentHash(HashKey),
+}
+
+/// What a consistent hash is computed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    Cookie(String),
+    SourceIp,
+}
+
+/// One upstream endpoint and its live load statistics. Shared across config
+/// reloads (matched by address), so the statistics survive a reload.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// SPIFFE ID the endpoint must present, if meshed.
+    pub identity: Option<String>,
+    /// Pod name, for logs and metrics.
+    pub pod: String,
+    /// Workload name for metrics (the `app` label, else the pod name).
+    pub workload: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    in_flight: AtomicUsize,
+    ewma: Mutex<Ewma>,
+    /// Requests sent to this endpoint (for tests and the admin view).
+    pub requests: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Ewma {
+    /// Estimated latency in nanoseconds.
+    rtt_ns: f64,
+    stamp: Instant,
+}
+
+impl Ewma {
+    fn decayed(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+        self.rtt_ns * (-elapsed / EWMA_DECAY.as_nanos() as f64).exp()
+    }
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+            pod: String::new(),
+            workload: "unknown".into(),
+            labels: Default::default(),
+            in_flight: AtomicUsize::new(0),
+            ewma: Mutex::new(Ewma {
+                rtt_ns: EWMA_DEFAULT_RTT.as_nanos() as f64,
+                stamp: Instant::now(),
+            }),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests to this endpoint that have not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Peak-EWMA cost: estimated latency times (in-flight + 1).
+    fn cost(&self, now: Instant) -> f64 {
+        let rtt = self.ewma.lock().map(|e| e.decayed(now)).unwrap_or(0.0);
+        rtt * (self.in_flight() as f64 + 1.0)
+    }
+
+    /// Records one observed latency: peaks are taken at once, lower values
+    /// are blended in with a weight that grows with the time since the last
+    /// observation.
+    pub fn observe(&self, rtt: Duration) {
+        let now = Instant::now();
+        if let Ok(mut e) = self.ewma.lock() {
+            let sample = rtt.as_nanos() as f64;
+            let current = e.decayed(now);
+            e.rtt_ns = if sample > current {
+                sample
+            } else {
+                // Blend so a run of fast samples pulls the estimate down even
+                // when they arrive microseconds apart.
+                0.5 * current + 0.5 * sample
+            };
+            e.stamp = now;
+        }
+    }
+
+    /// Marks a request as started; the guard marks it finished when dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// An in-flight request on an endpoint.
+#[derive(Debug)]
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+    started: Instant,
+}
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// Records the latency to the response head (called once it arrives).
+    pub fn observe_response(&self) {
+        self.endpoint.observe(self.started.elapsed());
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a request offers for picking an endpoint.
+#[derive(Default)]
+pub struct PickContext<'a> {
+    pub headers: Option<&'a http::HeaderMap>,
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// A set of endpoints and the algorithm that picks among them.
+#[derive(Debug)]
+pub struct Balancer {
+    endpoints: Vec<Arc<Endpoint>>,
+    algorithm: Algorithm,
+    next: AtomicUsize,
+    /// Sorted (hash, endpoint index) for consistent hashing.
+    ring: Vec<(u64, usize)>,
+}
+
+impl Balancer {
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, algorithm: Algorithm) -> Self {
+        let ring = if matches!(algorithm, Algorithm::ConsistentHash(_)) {
+            build_ring(&endpoints)
+        } else {
+            Vec::new()
+        };
+        Self {
+            endpoints,
+            algorithm,
+            next: AtomicUsize::new(0),
+            ring,
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    pub fn algorithm(&self) -> &Algorithm {
+        &self.algorithm
+    }
+
+    /// Picks an endpoint among those `usable` allows (e.g. not ejected);
+    /// `None` when there is none.
+    pub fn pick(
+        &self,
+        ctx: &PickContext<'_>,
+        usable: impl Fn(&Endpoint) -> bool,
+    ) -> Option<Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        match &self.algorithm {
+            Algorithm::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| &self.endpoints[(start + i) % n])
+                    .find(|e| usable(e))
+                    .cloned()
+            }
+            Algorithm::Random => self.random_usable(&usable),
+            Algorithm::P2cEwma => {
+                let now = Instant::now();
+                self.p2c(&usable, |e| e.cost(now))
+            }
+            Algorithm::LeastRequest => self.p2c(&usable, |e| e.in_flight() as f64),
+            Algorithm::ConsistentHash(key) => match hash_key(key, ctx) {
+                Some(h) => self.ring_lookup(h, &usable),
+                // No key on this request: any endpoint will do.
+                None => self.random_usable(&usable),
+            },
+        }
+    }
+
+    fn random_usable(&self, usable: &impl Fn(&Endpoint) -> bool) -> Option<Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        let start = rand::rng().random_range(0..n);
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|e| usable(e))
+            .cloned()
+    }
+
+    fn p2c(
+        &self,
+        usable: &impl Fn(&Endpoint) -> bool,
+        cost: impl Fn(&Endpoint) -> f64,
+    ) -> Option<Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        let mut rng = rand::rng();
+        let (a, b) = if n == 1 {
+            (0, 0)
+        } else {
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            (a, b)
+        };
+        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        let chosen = match (usable(ea), usable(eb)) {
+            (true, true) => {
+                let (ca, cb) = (cost(ea), cost(eb));
+                let (lo, hi) = if ca <= cb { (ea, eb) } else { (eb, ea) };
+                let (clo, chi) = (ca.min(cb), ca.max(cb));
+                if chi <= clo * COST_TIE_RATIO + f64::EPSILON {
+                    if rng.random_bool(0.5) {
+                        lo
+                    } else {
+                        hi
+                    }
+                } else {
+                    lo
+                }
+            }
+            (true, false) => ea,
+            (false, true) => eb,
+            (false, false) => return self.random_usable(usable),
+        };
+        Some(chosen.clone())
+    }
+
+    fn ring_lookup(&self, h: u64, usable: &impl Fn(&Endpoint) -> bool) -> Option<Arc<Endpoint>> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        let start = self.ring.partition_point(|(k, _)| *k < h);
+        let len = self.ring.len();
+        (0..len)
+            .map(|i| &self.endpoints[self.ring[(start + i) % len].1])
+            .find(|e| usable(e))
+            .cloned()
+    }
+}
+
+fn build_ring(endpoints: &[Arc<Endpoint>]) -> Vec<(u64, usize)> {
+    let mut ring = Vec::with_capacity(endpoints.len() * RING_VNODES);
+    for (i, e) in endpoints.iter().enumerate() {
+        for v in 0..RING_VNODES {
+            ring.push((stable_hash(&(e.addr, v)), i));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// A hash that is the same in every proxy process (std's `RandomState` is
+/// seeded per process, which would break affinity across client pods).
+fn stable_hash<T: Hash + ?Sized>(v: &T) -> u64 {
+    // FNV-1a over the std Hasher interface.
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            // Final avalanche (splitmix64) so nearby inputs spread over the ring.
+            let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= u64::from(*b);
+                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    v.hash(&mut h);
+    h.finish()
+}
+
+fn hash_key(key: &HashKey, ctx: &PickContext<'_>) -> Option<u64> {
+    match key {
+        HashKey::Header(name) => ctx
+            .headers?
+            .get(name)
+            .map(|v| stable_hash(v.as_bytes())),
+        HashKey::Cookie(name) => {
+            let headers = ctx.headers?;
+            headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| stable_hash(v.as_bytes()))
+        }
+        HashKey::SourceIp => ctx.source_ip.map(|ip| stable_hash(&ip)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
+    (0..n)
+        .map(|i| Arc::new(Endpoint::new(SocketAddr::from(([10, 0, 0, 1], 8000 + i)))))
+        .collect()
+}
+
+fn spread(b: &Balancer, n: usize, ctx: &PickContext<'_>) -> HashMap<SocketAddr, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let e = b.pick(ctx, |_| true).expect("an endpoint");
+        let guard = e.start();
+        guard.observe_response();
+        *seen.entry(e.addr).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn round_robin_is_exact() {
+    let b = Balancer::new(endpoints(3), Algorithm::RoundRobin);
+    let seen = spread(&b, 300, &PickContext::default());
+    assert!(seen.values().all(|&c| c == 100), "{seen:?}");
+}
+
+#[test]
+fn p2c_spreads_equal_endpoints_evenly() {
+    let b = Balancer::new(endpoints(3), Algorithm::P2cEwma);
+    let seen = spread(&b, 3000, &PickContext::default());
+    for c in seen.values() {
+        assert!((850..=1150).contains(c), "{seen:?}");
+    }
+}
+
+#[test]
+fn p2c_avoids_a_slow_endpoint() {
+    let eps = endpoints(3);
+    let b = Balancer::new(eps.clone(), Algorithm::P2cEwma);
+    eps[0].observe(Duration::from_millis(50));
+    let mut slow = 0;
+    for _ in 0..300 {
+        let e = b.pick(&PickContext::default(), |_| true).unwrap();
+        if e.addr == eps[0].addr {
+            slow += 1;
+        }
+    }
+    assert!(slow < 30, "slow endpoint got {slow} of 300");
+}
+
+#[test]
+fn least_request_prefers_idle() {
+    let eps = endpoints(2);
+    let b = Balancer::new(eps.clone(), Algorithm::LeastRequest);
+    let _busy: Vec<_> = (0..10).map(|_| eps[0].start()).collect();
+    for _ in 0..50 {
+        assert_eq!(b.pick(&PickContext::default(), |_| true).unwrap().addr, eps[1].addr);
+    }
+}
+
+#[test]
+fn unusable_endpoints_are_skipped() {
+    let eps = endpoints(3);
+    for alg in [Algorithm::RoundRobin, Algorithm::P2cEwma, Algorithm::Random, Algorithm::LeastRequest] {
+        let b = Balancer::new(eps.clone(), alg);
+        for _ in 0..100 {
+            let e = b.pick(&PickContext::default(), |e| e.addr == eps[2].addr).unwrap();
+            assert_eq!(e.addr, eps[2].addr);
+        }
+        assert!(b.pick(&PickContext::default(), |_| false).is_none());
+    }
+}
+
+#[test]
+fn consistent_hash_is_sticky_and_spread() {
+    let b = Balancer::new(
+        endpoints(3),
+        Algorithm::ConsistentHash(HashKey::Header(http::HeaderName::from_static("x-user"))),
+    );
+    let mut per_endpoint: HashMap<SocketAddr, usize> = HashMap::new();
+    for user in 0..600 {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", format!("user-{user}").parse().unwrap());
+        let ctx = PickContext { headers: Some(&h), source_ip: None };
+        let first = b.pick(&ctx, |_| true).unwrap().addr;
+        for _ in 0..3 {
+            assert_eq!(b.pick(&ctx, |_| true).unwrap().addr, first);
+        }
+        *per_endpoint.entry(first).or_default() += 1;
+    }
+    for c in per_endpoint.values() {
+        assert!((120..=280).contains(c), "{per_endpoint:?}");
+    }
+}
+
+#[test]
+fn consistent_hash_by_cookie_and_source_ip() {
+    let b = Balancer::new(endpoints(5), Algorithm::ConsistentHash(HashKey::Cookie("session".into())));
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::COOKIE, "a=1; session=abc; z=2".parse().unwrap());
+    let ctx = PickContext { headers: Some(&h), source_ip: None };
+    let first = b.pick(&ctx, |_| true).unwrap().addr;
+    assert!((0..20).all(|_| b.pick(&ctx, |_| true).unwrap().addr == first));
+
+    let b = Balancer::new(endpoints(5), Algorithm::ConsistentHash(HashKey::SourceIp));
+    let ctx = PickContext { headers: None, source_ip: Some("10.1.2.3".parse().unwrap()) };
+    let first = b.pick(&ctx, |_| true).unwrap().addr;
+    assert!((0..20).all(|_| b.pick(&ctx, |_| true).unwrap().addr == first));
+}
+
+#[test]
+fn stable_hash_is_stable() {
+    // Affinity must hold across proxy processes: the hash may not be seeded.
+    assert_eq!(stable_hash("abc"), stable_hash("abc"));
+    assert_ne!(stable_hash("abc"), stable_hash("abd"));
+}

@@ -1,0 +1,206 @@
+//! Command line of `mesh-proxy`: `run` (the sidecar) and `init` (the init
+//! container that installs the iptables redirect).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::init::InitArgs;
+
+/// The mesh's sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-proxy", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the sidecar container's command).
+    ///
+    /// Example: mesh-proxy run --config proxy.yaml --listen 127.0.0.1:18080=echo.demo:80
+    Run(Box<RunArgs>),
+    /// Install the iptables rules that redirect the pod's traffic to the proxy
+    /// (the init container's command).
+    ///
+    /// Example: mesh-proxy init --dry-run --exclude-inbound-ports 9090
+    Init(InitArgs),
+}
+
+/// Settings of `mesh-proxy run`. Every flag can also be set by the
+/// environment variable shown in `--help`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Proxy configuration file (YAML or JSON, the `ProxyConfig` message of
+    /// `proto/mesh/config/v1/config.proto`); reloaded when it changes.
+    #[arg(long, env = "MESH_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Transparent outbound listener (iptables-redirected app traffic).
+    #[arg(long, env = "MESH_OUTBOUND_ADDR", default_value = "0.0.0.0:15001")]
+    pub outbound_addr: SocketAddr,
+
+    /// Transparent inbound listener (redirected traffic to the app).
+    #[arg(long, env = "MESH_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: SocketAddr,
+
+    /// Admin endpoint: /ready, /live, /config_dump. Keep it on localhost.
+    #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Prometheus metrics endpoint: /metrics.
+    #[arg(long, env = "MESH_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+
+    /// Do not open the transparent outbound/inbound listeners (explicit mode:
+    /// only the --listen listeners, no iptables needed).
+    #[arg(long, env = "MESH_NO_TRANSPARENT")]
+    pub no_transparent: bool,
+
+    /// Explicit outbound listener: BIND=SERVICE:PORT, e.g.
+    /// 127.0.0.1:18080=echo.default.svc.cluster.local:80. Repeatable.
+    #[arg(long = "listen", value_name = "BIND=SERVICE:PORT", value_parser = parse_explicit)]
+    pub listen: Vec<ExplicitListener>,
+
+    /// Where inbound traffic goes when its original destination is unknown
+    /// (explicit mode: the local app's address).
+    #[arg(long, env = "MESH_INBOUND_FORWARD")]
+    pub inbound_forward: Option<SocketAddr>,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Workload name used as the source label in metrics.
+    #[arg(long, env = "MESH_WORKLOAD", default_value = "unknown")]
+    pub workload: String,
+
+    /// Namespace of this workload.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// Pod name of this workload.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod: String,
+
+    /// Write one JSON access-log line per request to stdout (overrides the
+    /// config's `settings.accessLog` when set).
+    #[arg(long, env = "MESH_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "MESH_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// An explicit outbound listener: a local address that stands for one service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExplicitListener {
+    pub bind: SocketAddr,
+    pub service: String,
+    pub port: u16,
+}
+
+fn parse_explicit(s: &str) -> Result<ExplicitListener, String> {
+    let (bind, target) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected BIND=SERVICE:PORT, got {s:?}"))?;
+    let bind: SocketAddr = bind
+        .parse()
+        .map_err(|e| format!("bad bind address {bind:?}: {e}"))?;
+    let (service, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected SERVICE:PORT after '=', got {target:?}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|e| format!("bad port {port:?}: {e}"))?;
+    if service.is_empty() {
+        return Err("empty service name".into());
+    }
+    Ok(ExplicitListener {
+        bind,
+        service: service.to_string(),
+        port,
+    })
+}
+
+/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (use e.g. 250ms, 5s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Runs the parsed command line and turns errors into an exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(args) => {
+            crate::telemetry::init_logging(&args.log);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mesh-proxy: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(crate::run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("mesh-proxy failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Init(args) => match crate::init::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mesh-proxy init: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_explicit_listener() {
+        let l = parse_explicit("127.0.0.1:18080=echo.default.svc.cluster.local:80").unwrap();
+        assert_eq!(l.bind, "127.0.0.1:18080".parse().unwrap());
+        assert_eq!(l.service, "echo.default.svc.cluster.local");
+        assert_eq!(l.port, 80);
+        assert!(parse_explicit("127.0.0.1:1=svc").is_err());
+        assert!(parse_explicit("nope=svc:80").is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

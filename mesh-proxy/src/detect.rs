@@ -1,0 +1,150 @@
+//! Protocol detection on a connection's first bytes.
+//!
+//! HTTP/2 is recognised by its connection preface (prior knowledge, which is
+//! what gRPC uses in the clear), TLS by a handshake record header, HTTP/1 by
+//! a request line; anything else, or nothing within the timeout, is opaque TCP.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// What the first bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Tls,
+    Opaque,
+}
+
+/// The HTTP/2 connection preface (RFC 9113, 3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How many bytes we read at most to find an HTTP/1 request line. A longer
+/// first line is treated as opaque rather than buffered without bound.
+pub const MAX_DETECT_BYTES: usize = 8 * 1024;
+
+/// Classifies a prefix: `None` means more bytes are needed.
+pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    if buf.is_empty() {
+        return None;
+    }
+    // HTTP/2 preface, or a prefix of it.
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Some(Protocol::Http2)
+        } else {
+            None
+        };
+    }
+    // TLS handshake record: content type 22, version 3.x.
+    if buf[0] == 0x16 {
+        return match buf.get(1) {
+            None => None,
+            Some(0x03) => Some(Protocol::Tls),
+            Some(_) => Some(Protocol::Opaque),
+        };
+    }
+    // HTTP/1: METHOD SP target SP HTTP/1.x CRLF
+    let method_len = buf.iter().take_while(|b| is_tchar(**b)).count();
+    if method_len == 0 {
+        return Some(Protocol::Opaque);
+    }
+    if method_len == buf.len() {
+        return if method_len > 32 { Some(Protocol::Opaque) } else { None };
+    }
+    if buf[method_len] != b' ' {
+        return Some(Protocol::Opaque);
+    }
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(eol) => {
+            let line = &buf[..eol];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+                Some(Protocol::Http1)
+            } else {
+                Some(Protocol::Opaque)
+            }
+        }
+        None if buf.len() >= MAX_DETECT_BYTES => Some(Protocol::Opaque),
+        None => None,
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads from `io` until the protocol is known, the peer stops sending, or
+/// `timeout` passes. Returns the protocol and the bytes read, which the caller
+/// must replay in front of the stream.
+pub async fn detect<I: AsyncRead + Unpin>(
+    io: &mut I,
+    timeout: Duration,
+) -> std::io::Result<(Protocol, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(p) = classify(&buf) {
+            return Ok((p, buf));
+        }
+        if buf.len() >= MAX_DETECT_BYTES {
+            return Ok((Protocol::Opaque, buf));
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            // Timed out, or the client half-closed: whatever we have is opaque.
+            Err(_) | Ok(Ok(0)) => return Ok((Protocol::Opaque, buf)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(classify(&H2_PREFACE[..10]), None);
+        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: x\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"POST /a?b HTTP/1.0\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GET / HTTP/1.1"), None);
+        assert_eq!(classify(b"GET"), None);
+        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Some(Protocol::Tls));
+        assert_eq!(classify(&[0x16]), None);
+        assert_eq!(classify(b"\x00\x01\x02"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"GET / FTP/1.1\r\n"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Some(Protocol::Opaque));
+        // "PRI" alone could be either; a mismatch with the preface is HTTP/1 or opaque.
+        assert_eq!(classify(b"PRI"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_client_times_out_as_opaque() {
+        let (mut client, _server) = tokio::io::duplex(64);
+        let (p, buf) = detect(&mut client, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(p, Protocol::Opaque);
+        assert!(buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn detects_across_reads() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            b.write_all(b"GET /x ").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            b.write_all(b"HTTP/1.1\r\n").await.unwrap();
+            b
+        });
+        let (p, buf) = detect(&mut a, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(p, Protocol::Http1);
+        assert_eq!(&buf[..], b"GET /x HTTP/1.1\r\n");
+        drop(writer.await);
+    }
+}

@@ -1,0 +1,388 @@
+//! The layer-7 request path: route → destination → endpoint → upstream.
+//!
+//! Every request is balanced on its own, so one long-lived HTTP/2 or gRPC
+//! connection from the app is spread over all endpoints (kube-proxy can only
+//! balance the connection).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::balance::PickContext;
+use crate::body::{self, Guarded, ProxyBody};
+use crate::model::{MeshState, Protocol, Route};
+use crate::pool::{UpstreamError, UpstreamProtocol};
+use crate::routing::RequestInfo;
+use crate::Shared;
+
+/// Response header that says why the proxy answered instead of the upstream.
+pub const ERROR_HEADER: &str = "x-mesh-error";
+
+/// Whether traffic arrives from the local app or goes to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
+/// Where a connection's requests go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A mesh service port: requests are routed and balanced.
+    Service { name: Arc<str>, port: u16 },
+    /// The local app (inbound): requests are forwarded as they are.
+    Local { addr: SocketAddr },
+}
+
+/// What every request on one downstream connection shares.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub target: Target,
+    pub client: SocketAddr,
+    pub direction: Direction,
+}
+
+/// Headers that describe one hop's connection and never cross the proxy.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+    // TE is hop-by-hop except "trailers", which gRPC needs end to end.
+    if let Some(te) = h.get(header::TE) {
+        if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            return;
+        }
+        h.remove(header::TE);
+    }
+}
+
+/// An answer the proxy makes itself, with the reason in the body and header.
+pub fn local_reply(status: StatusCode, kind: &'static str, msg: String, grpc: bool) -> Response<ProxyBody> {
+    let mut resp = if grpc {
+        // gRPC clients read the status from grpc-status, not the HTTP code.
+        let code = match status {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => 14, // UNAVAILABLE
+            StatusCode::GATEWAY_TIMEOUT => 4,                                  // DEADLINE_EXCEEDED
+            StatusCode::FORBIDDEN => 7,                                        // PERMISSION_DENIED
+            _ => 13,                                                           // INTERNAL
+        };
+        let mut r = Response::new(body::empty());
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(code));
+        if let Ok(v) = HeaderValue::from_str(&percent_encode(&msg)) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        let mut r = Response::new(body::full(format!("{msg}\n")));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    resp.headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(kind));
+    resp
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b' '..=b'~' if b != b'%' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .unwrap_or(false)
+}
+
+/// Handles one request end to end. Never fails: errors become responses.
+pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let state = shared.state.load_full();
+    let grpc = is_grpc(req.headers());
+    let downstream_version = req.version();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+
+    let (mut resp, dest_service, dest_workload, upstream) = match &conn.target {
+        Target::Service { name, port } => {
+            let out = outbound(&shared, &state, &conn, name, *port, req, grpc).await;
+            (out.response, name.to_string(), out.workload, out.upstream)
+        }
+        Target::Local { addr } => {
+            let resp = forward(&shared, *addr, req, UpstreamProtocol::Http1, None, grpc, None).await;
+            (resp, shared.local.workload.clone(), shared.local.workload.clone(), Some(*addr))
+        }
+    };
+    *resp.version_mut() = downstream_version;
+    strip_hop_by_hop(resp.headers_mut());
+
+    let elapsed = started.elapsed();
+    let code = resp.status().as_u16().to_string();
+    let labels = [
+        conn.direction.as_str(),
+        match conn.direction {
+            Direction::Outbound => shared.local.workload.as_str(),
+            Direction::Inbound => "unknown",
+        },
+        match conn.direction {
+            Direction::Outbound => shared.local.namespace.as_str(),
+            Direction::Inbound => "unknown",
+        },
+        dest_service.as_str(),
+        dest_workload.as_str(),
+        code.as_str(),
+    ];
+    shared.metrics.requests.with_label_values(&labels).inc();
+    shared
+        .metrics
+        .request_duration
+        .with_label_values(&labels[..5])
+        .observe(elapsed.as_secs_f64());
+    if shared.access_log || state.settings.access_log {
+        let line = serde_json::json!({
+            "direction": conn.direction.as_str(),
+            "client": conn.client.to_string(),
+            "method": method.as_str(),
+            "path": path,
+            "destination_service": dest_service,
+            "upstream": upstream.map(|a| a.to_string()),
+            "status": resp.status().as_u16(),
+            "duration_ms": elapsed.as_secs_f64() * 1000.0,
+            "request_id": resp.headers().get(crate::telemetry::REQUEST_ID).and_then(|v| v.to_str().ok()),
+        });
+        println!("{line}");
+    }
+    resp
+}
+
+struct Outcome {
+    response: Response<ProxyBody>,
+    workload: String,
+    upstream: Option<SocketAddr>,
+}
+
+async fn outbound(
+    shared: &Arc<Shared>,
+    state: &MeshState,
+    conn: &ConnInfo,
+    name: &str,
+    port: u16,
+    mut req: Request<Incoming>,
+    grpc: bool,
+) -> Outcome {
+    let fail = |status, kind, msg: String| Outcome {
+        response: local_reply(status, kind, msg, grpc),
+        workload: "unknown".into(),
+        upstream: None,
+    };
+    let Some(svc_idx) = state.service_by_name(name) else {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-service",
+            format!("mesh-proxy: service {name} is not configured"),
+        );
+    };
+    let svc = state.service(svc_idx);
+    let request_id = crate::telemetry::propagate(req.headers_mut());
+
+    let no_labels = BTreeMap::new();
+    let route: Option<&Route> = {
+        let info = RequestInfo {
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+            port,
+            source_labels: shared.local.labels.as_ref().unwrap_or(&no_labels),
+        };
+        if svc.routes.is_empty() {
+            None
+        } else {
+            match svc
+                .routes
+                .iter()
+                .find(|r| r.matchers.is_empty() || r.matchers.iter().any(|m| m.matches(&info)))
+            {
+                Some(r) => Some(r),
+                None => {
+                    return fail(
+                        StatusCode::NOT_FOUND,
+                        "no-route",
+                        format!("mesh-proxy: no route of {name} matches {} {}", req.method(), req.uri().path()),
+                    )
+                }
+            }
+        }
+    };
+
+    let (dest_svc, subset, dest_port) = match route.and_then(|r| r.pick()) {
+        Some(d) => (d.service, d.subset.as_str(), if d.port == 0 { port } else { d.port }),
+        None => (svc_idx, "", port),
+    };
+    let dest_name = &state.service(dest_svc).name;
+    let Some(balancer) = state.backend(dest_svc, subset, dest_port) else {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-endpoints",
+            format!("mesh-proxy: {dest_name} has no port {dest_port}"),
+        );
+    };
+    let ctx = PickContext {
+        headers: Some(req.headers()),
+        source_ip: Some(conn.client.ip()),
+    };
+    let Some(endpoint) = balancer.pick(&ctx, |_| true) else {
+        let which = if subset.is_empty() { String::new() } else { format!(" subset {subset}") };
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-endpoints",
+            format!("mesh-proxy: no endpoints for {dest_name}{which} port {dest_port}"),
+        );
+    };
+    let upstream_proto = match (req.version(), state.service(dest_svc).protocol(dest_port)) {
+        (_, Some(Protocol::Http2 | Protocol::Grpc)) | (Version::HTTP_2, _) => UpstreamProtocol::Http2,
+        _ => UpstreamProtocol::Http1,
+    };
+    let inflight = endpoint.start();
+    let timeout = route.and_then(|r| r.timeout);
+    tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, "routing request");
+    let response = forward(shared, endpoint.addr, req, upstream_proto, Some(inflight), grpc, timeout).await;
+    Outcome {
+        response,
+        workload: endpoint.workload.clone(),
+        upstream: Some(endpoint.addr),
+    }
+}
+
+/// Sends the request to `addr` and streams the response back.
+async fn forward(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+    proto: UpstreamProtocol,
+    inflight: Option<crate::balance::InFlight>,
+    grpc: bool,
+    timeout: Option<std::time::Duration>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| addr.to_string());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    match proto {
+        UpstreamProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(&authority) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        UpstreamProtocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            parts.uri = format!("http://{authority}{pq}")
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("/"));
+            parts.headers.remove(header::HOST);
+        }
+    }
+    let upstream_req = Request::from_parts(parts, body::boxed(body));
+    let send = shared.pool.send(addr, proto, upstream_req);
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                return local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!("mesh-proxy: upstream {addr} did not answer within {t:?}"),
+                    grpc,
+                )
+            }
+        },
+        None => send.await,
+    };
+    match result {
+        Ok(resp) => {
+            if let Some(i) = &inflight {
+                i.observe_response();
+            }
+            let (parts, body) = resp.into_parts();
+            let body: ProxyBody = match inflight {
+                Some(i) => body::boxed(Guarded::new(body, i)),
+                None => body::boxed(body),
+            };
+            Response::from_parts(parts, body)
+        }
+        Err(e) => {
+            let (status, kind) = match &e {
+                UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "upstream-connect")
+                }
+                UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
+            };
+            tracing::debug!(%addr, "upstream failed: {e}");
+            local_reply(status, kind, format!("mesh-proxy: {e}"), grpc)
+        }
+    }
+}
+
+/// A body with a fixed payload (used by the admin and tests).
+pub fn text(s: impl Into<Bytes>) -> ProxyBody {
+    body::full(s)
+}

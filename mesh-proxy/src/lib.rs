@@ -1,0 +1,566 @@
+//! `mesh-proxy`: the mesh's sidecar.
+//!
+//! A connection's path, outermost first:
+//! 1. a listener accepts it (transparent outbound 15001 / inbound 15006 with
+//!    `SO_ORIGINAL_DST`, or an explicit listener bound to one service port);
+//! 2. the original destination is mapped to a service in O(1);
+//! 3. the protocol is detected from the first bytes (or known: opaque ports);
+//! 4. HTTP/1 passes the smuggling guard, then hyper; HTTP/2 goes to hyper;
+//!    TLS and anything else are proxied as opaque TCP;
+//! 5. each HTTP request is routed and balanced on its own (`http_proxy`).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod cli;
+pub mod detect;
+pub mod h1_guard;
+pub mod http_proxy;
+pub mod init;
+pub mod io;
+pub mod metrics;
+pub mod model;
+pub mod pool;
+pub mod routing;
+pub mod tcp;
+pub mod telemetry;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_proto::config::v1 as pb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use cli::RunArgs;
+use http_proxy::{ConnInfo, Direction, Target};
+use model::{ConfigError, MeshState};
+
+/// How often the config file is checked for changes. Kubernetes updates
+/// mounted ConfigMaps by swapping a symlink, which file-notify APIs miss;
+/// polling one small file is cheap and always right.
+pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Time allowed to read an HTTP/1 request head (slowloris protection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Concurrent streams a downstream HTTP/2 connection may open.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// The workload this proxy belongs to.
+#[derive(Debug, Clone, Default)]
+pub struct LocalWorkload {
+    pub workload: String,
+    pub namespace: String,
+    pub pod: String,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// State shared by every connection and the admin endpoints.
+pub struct Shared {
+    pub state: ArcSwap<MeshState>,
+    pub metrics: metrics::Metrics,
+    pub pool: pool::Pool,
+    pub local: LocalWorkload,
+    pub access_log: bool,
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    /// Compiles and applies a new config; the old one stays on error.
+    pub fn apply(&self, config: pb::ProxyConfig) -> Result<(), ConfigError> {
+        let current = self.state.load_full();
+        match MeshState::compile(config, Some(&current)) {
+            Ok(next) => {
+                let next = Arc::new(next);
+                self.pool.retain(|a| next.endpoints().any(|e| e.addr == *a));
+                tracing::info!(version = %next.version, services = next.services().len(), "config applied");
+                self.state.store(next);
+                self.ready.store(true, Ordering::Relaxed);
+                self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                self.metrics.config_version.set(now);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("config rejected, keeping the last good one: {e}");
+                self.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A started proxy: its bound addresses and a handle to stop it.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub outbound_addr: Option<SocketAddr>,
+    pub inbound_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    /// Bound addresses of the `--listen` listeners, in order.
+    pub explicit_addrs: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight work (up to the drain timeout) and waits.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// A token that, when cancelled, starts the drain.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the proxy has stopped.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds every listener and starts serving. Port 0 binds an ephemeral port.
+pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
+    let initial = match &args.config {
+        Some(path) => Some(load_file(path)?),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        state: ArcSwap::from_pointee(MeshState::empty()),
+        metrics: metrics::Metrics::new(),
+        pool: pool::Pool::default(),
+        local: LocalWorkload {
+            workload: args.workload.clone(),
+            namespace: args.namespace.clone(),
+            pod: args.pod.clone(),
+            labels: None,
+        },
+        access_log: args.access_log,
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+    });
+    if let Some(cfg) = initial {
+        shared
+            .apply(cfg)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default()))?;
+    }
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let admin = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding admin {}", args.admin_addr))?;
+    let metrics_l = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding metrics {}", args.metrics_addr))?;
+    let admin_addr = admin.local_addr()?;
+    let metrics_addr = metrics_l.local_addr()?;
+    for (l, router) in [
+        (admin, admin::admin_router(shared.clone())),
+        (metrics_l, admin::metrics_router(shared.clone())),
+    ] {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+    }
+
+    let mut outbound_addr = None;
+    let mut inbound_addr = None;
+    if !args.no_transparent {
+        let l = TcpListener::bind(args.outbound_addr)
+            .await
+            .with_context(|| format!("binding outbound {}", args.outbound_addr))?;
+        outbound_addr = Some(l.local_addr()?);
+        spawn_accept(l, Listener::Outbound, &shared, &shutdown, &tracker);
+    }
+    if !args.no_transparent || args.inbound_forward.is_some() {
+        let l = TcpListener::bind(args.inbound_addr)
+            .await
+            .with_context(|| format!("binding inbound {}", args.inbound_addr))?;
+        inbound_addr = Some(l.local_addr()?);
+        spawn_accept(
+            l,
+            Listener::Inbound {
+                forward: args.inbound_forward,
+            },
+            &shared,
+            &shutdown,
+            &tracker,
+        );
+    }
+    let mut explicit_addrs = Vec::new();
+    for e in &args.listen {
+        let l = TcpListener::bind(e.bind)
+            .await
+            .with_context(|| format!("binding explicit listener {}", e.bind))?;
+        explicit_addrs.push(l.local_addr()?);
+        spawn_accept(
+            l,
+            Listener::Explicit {
+                service: e.service.clone().into(),
+                port: e.port,
+            },
+            &shared,
+            &shutdown,
+            &tracker,
+        );
+    }
+    if args.config.is_none() {
+        // Nothing to wait for: an unconfigured proxy passes traffic through.
+        shared.ready.store(true, Ordering::Relaxed);
+    }
+    if let Some(path) = args.config.clone() {
+        tokio::spawn(watch_file(path, shared.clone(), shutdown.clone()));
+    }
+
+    let drain_timeout = args.drain_timeout;
+    let done = {
+        let shutdown = shutdown.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            shared.draining.store(true, Ordering::Relaxed);
+            tracker.close();
+            tracing::info!(connections = tracker.len(), ?drain_timeout, "draining");
+            if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
+                tracing::warn!(connections = tracker.len(), "drain deadline passed; closing");
+            }
+        })
+    };
+    Ok(Running {
+        shared,
+        outbound_addr,
+        inbound_addr,
+        admin_addr,
+        metrics_addr,
+        explicit_addrs,
+        shutdown,
+        done,
+    })
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let running = start(args).await?;
+    tracing::info!(
+        outbound = ?running.outbound_addr,
+        inbound = ?running.inbound_addr,
+        admin = %running.admin_addr,
+        metrics = %running.metrics_addr,
+        "mesh-proxy started"
+    );
+    let token = running.shutdown_token();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    token.cancel();
+    running.wait().await;
+    Ok(())
+}
+
+fn load_file(path: &PathBuf) -> anyhow::Result<pb::ProxyConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    MeshState::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+async fn watch_file(path: PathBuf, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CONFIG_POLL_INTERVAL) => {}
+        }
+        let Ok(now) = std::fs::read(&path) else { continue };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        last = Some(now.clone());
+        match String::from_utf8(now)
+            .map_err(|e| ConfigError::Parse(e.to_string()))
+            .and_then(|t| MeshState::parse(&t))
+        {
+            Ok(cfg) => {
+                let _ = shared.apply(cfg);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "config not reloaded: {e}");
+                shared.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Listener {
+    Outbound,
+    Inbound { forward: Option<SocketAddr> },
+    Explicit { service: Arc<str>, port: u16 },
+}
+
+fn spawn_accept(
+    l: TcpListener,
+    kind: Listener,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let shared = shared.clone();
+    let shutdown = shutdown.clone();
+    let tracker = tracker.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, client) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = l.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            let kind = kind.clone();
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                if let Err(e) = serve_connection(shared, kind, stream, client, stop).await {
+                    tracing::debug!(%client, "connection ended with error: {e}");
+                }
+            });
+        }
+    });
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    kind: Listener,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let local = stream.local_addr()?;
+    let state = shared.state.load_full();
+    let (direction, target, passthrough) = match kind {
+        Listener::Explicit { service, port } => (
+            Direction::Outbound,
+            Target::Service { name: service, port },
+            None,
+        ),
+        Listener::Outbound => {
+            let dst = io::original_dst(&stream).unwrap_or(local);
+            if dst == local {
+                // Not redirected (someone dialled 15001 directly): serving it
+                // would loop back into ourselves.
+                tracing::debug!(%client, "outbound connection without an original destination; closing");
+                return Ok(());
+            }
+            match state.service_by_addr(dst) {
+                Some(idx) => (
+                    Direction::Outbound,
+                    Target::Service {
+                        name: state.service(idx).name.as_str().into(),
+                        port: dst.port(),
+                    },
+                    None,
+                ),
+                None => (Direction::Outbound, Target::Local { addr: dst }, Some(dst)),
+            }
+        }
+        Listener::Inbound { forward } => {
+            let dst = io::original_dst(&stream).ok().filter(|d| *d != local);
+            match dst.or(forward) {
+                Some(addr) => (Direction::Inbound, Target::Local { addr }, None),
+                None => {
+                    tracing::debug!(%client, "inbound connection with no destination; closing");
+                    return Ok(());
+                }
+            }
+        }
+    };
+
+    // Unknown outbound destinations pass through untouched, as plain TCP.
+    if let Some(dst) = passthrough {
+        let name = dst.ip().to_string();
+        return tcp::proxy(
+            &shared,
+            stream,
+            Default::default(),
+            dst,
+            pool::DEFAULT_CONNECT_TIMEOUT,
+            tcp::TcpLabels {
+                direction: direction.as_str(),
+                destination_service: &name,
+                destination_workload: "unknown",
+            },
+        )
+        .await;
+    }
+
+    let port = match &target {
+        Target::Service { port, .. } => *port,
+        Target::Local { addr } => addr.port(),
+    };
+    let declared = match &target {
+        Target::Service { name, port } => state
+            .service_by_name(name)
+            .and_then(|i| state.service(i).protocol(*port)),
+        Target::Local { .. } => None,
+    };
+    let opaque = state.settings.opaque_ports.contains(&port)
+        || matches!(declared, Some(model::Protocol::Tcp | model::Protocol::Tls));
+    let (proto, prefix) = if opaque {
+        (detect::Protocol::Opaque, Default::default())
+    } else {
+        detect::detect(&mut stream, state.settings.detect_timeout).await?
+    };
+    drop(state);
+
+    let info = Arc::new(ConnInfo {
+        target,
+        client,
+        direction,
+    });
+    match proto {
+        detect::Protocol::Http1 => {
+            let shared2 = shared.clone();
+            let io = h1_guard::GuardedIo::new(io::PrefixedIo::new(prefix, stream)).on_reject(
+                move |r| {
+                    shared2
+                        .metrics
+                        .refused
+                        .with_label_values(&[direction.as_str(), &r.status.to_string()])
+                        .inc();
+                },
+            );
+            let svc = {
+                let shared = shared.clone();
+                let info = info.clone();
+                service_fn(move |req| {
+                    let shared = shared.clone();
+                    let info = info.clone();
+                    async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
+                })
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(h1_guard::MAX_HEAD_BYTES * 2)
+                .serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r.map_err(std::io::Error::other),
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await.map_err(std::io::Error::other)
+                }
+            }
+        }
+        detect::Protocol::Http2 => {
+            let svc = {
+                let shared = shared.clone();
+                let info = info.clone();
+                service_fn(move |req| {
+                    let shared = shared.clone();
+                    let info = info.clone();
+                    async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
+                })
+            };
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(h1_guard::MAX_HEAD_BYTES as u32)
+                .adaptive_window(true)
+                .serve_connection(TokioIo::new(io::PrefixedIo::new(prefix, stream)), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r.map_err(std::io::Error::other),
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await.map_err(std::io::Error::other)
+                }
+            }
+        }
+        detect::Protocol::Tls | detect::Protocol::Opaque => {
+            let (upstream, service, workload) = match &info.target {
+                Target::Local { addr } => (*addr, shared.local.workload.clone(), shared.local.workload.clone()),
+                Target::Service { name, port } => {
+                    let state = shared.state.load_full();
+                    match pick_tcp_endpoint(&state, name, *port, client) {
+                        Some((a, w)) => (a, name.to_string(), w),
+                        None => {
+                            tracing::debug!(service = %name, port, "no endpoint for TCP connection");
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            tcp::proxy(
+                &shared,
+                stream,
+                prefix,
+                upstream,
+                pool::DEFAULT_CONNECT_TIMEOUT,
+                tcp::TcpLabels {
+                    direction: direction.as_str(),
+                    destination_service: &service,
+                    destination_workload: &workload,
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// Picks the endpoint for an opaque TCP connection: TCP routes by port with
+/// weights, then the service's balancer for that port.
+fn pick_tcp_endpoint(
+    state: &MeshState,
+    name: &str,
+    port: u16,
+    client: SocketAddr,
+) -> Option<(SocketAddr, String)> {
+    let idx = state.service_by_name(name)?;
+    let svc = state.service(idx);
+    let (dest, subset, dport) = match svc
+        .tcp_routes
+        .iter()
+        .find(|r| r.port == 0 || r.port == port)
+        .and_then(|r| r.pick())
+    {
+        Some(d) => (d.service, d.subset.as_str(), if d.port == 0 { port } else { d.port }),
+        None => (idx, "", port),
+    };
+    let ctx = balance::PickContext {
+        headers: None,
+        source_ip: Some(client.ip()),
+    };
+    let ep = state.backend(dest, subset, dport)?.pick(&ctx, |_| true)?;
+    Some((ep.addr, ep.workload.clone()))
+}

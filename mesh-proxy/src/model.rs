@@ -1,0 +1,514 @@
+//! The proxy's runtime model: a `ProxyConfig` compiled into lookup tables.
+//!
+//! A `MeshState` is immutable; a new config builds a new one and swaps it in
+//! atomically, so in-flight requests finish on the state they started with.
+//! Endpoint statistics are carried from the previous state by address.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::config::v1 as pb;
+use rand::Rng;
+
+use crate::balance::{Algorithm, Balancer, Endpoint, HashKey};
+use crate::routing::RequestMatcher;
+
+/// How long protocol detection waits for the client's first bytes. Long
+/// enough for a slow client on a loaded node; server-speaks-first protocols
+/// should be listed as opaque instead of relying on this timeout.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Server-speaks-first ports proxied as opaque TCP without waiting for the
+/// client (SMTP, submission, MySQL, Galera, PostgreSQL, Redis,
+/// Elasticsearch transport, memcached): the same defaults as Linkerd.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+/// A config that cannot be applied, naming the field that is wrong.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("cannot parse config: {0}")]
+    Parse(String),
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Proxy-wide settings from `ProxyConfig.settings`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub opaque_ports: HashSet<u16>,
+    pub detect_timeout: Duration,
+    pub access_log: bool,
+}
+
+/// The compiled config.
+#[derive(Debug)]
+pub struct MeshState {
+    pub version: String,
+    /// The config as received, for `/config_dump`.
+    pub config: pb::ProxyConfig,
+    pub settings: Settings,
+    services: Vec<ServiceState>,
+    by_name: HashMap<String, usize>,
+    by_addr: HashMap<SocketAddr, usize>,
+    endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+}
+
+/// The protocol a service port declares.
+pub type Protocol = pb::Protocol;
+
+/// A service and everything needed to route to it.
+#[derive(Debug)]
+pub struct ServiceState {
+    pub name: String,
+    pub namespace: String,
+    pub ports: Vec<(u16, Protocol)>,
+    pub routes: Vec<Route>,
+    /// Balancers by (subset, service port); subset "" is all endpoints.
+    backends: HashMap<(String, u16), Arc<Balancer>>,
+    /// Weighted TCP destinations by port (0 = any port).
+    pub tcp_routes: Vec<TcpRoute>,
+    /// Names of the subsets the destination policy declares.
+    pub subsets: Vec<String>,
+}
+
+/// Where a route sends a request.
+#[derive(Debug, Clone)]
+pub struct RouteDestination {
+    pub service: usize,
+    pub subset: String,
+    /// 0: the port the request arrived on.
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// A compiled HTTP route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matchers: Vec<RequestMatcher>,
+    pub destinations: Vec<RouteDestination>,
+    total_weight: u32,
+    pub timeout: Option<Duration>,
+    /// The route as configured, for the features built on it.
+    pub spec: pb::HttpRoute,
+}
+
+/// A compiled TCP route.
+#[derive(Debug)]
+pub struct TcpRoute {
+    pub port: u16,
+    pub destinations: Vec<RouteDestination>,
+    total_weight: u32,
+}
+
+impl MeshState {
+    /// An empty state: nothing configured, every destination passes through.
+    pub fn empty() -> Self {
+        Self::compile(pb::ProxyConfig::default(), None).expect("the empty config is valid")
+    }
+
+    /// Parses a config file's text (YAML or JSON).
+    pub fn parse(text: &str) -> Result<pb::ProxyConfig, ConfigError> {
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Compiles a config, reusing endpoint statistics from `previous`.
+    pub fn compile(
+        config: pb::ProxyConfig,
+        previous: Option<&MeshState>,
+    ) -> Result<Self, ConfigError> {
+        let settings = compile_settings(config.settings.as_ref())?;
+
+        let mut by_name = HashMap::new();
+        for (i, s) in config.services.iter().enumerate() {
+            if s.name.is_empty() {
+                return Err(invalid(format!("services[{i}].name"), "must not be empty"));
+            }
+            for name in std::iter::once(&s.name).chain(s.aliases.iter()) {
+                if by_name.insert(name.clone(), i).is_some() {
+                    return Err(invalid(
+                        format!("services[{i}].name"),
+                        format!("{name:?} is defined twice"),
+                    ));
+                }
+            }
+        }
+
+        let mut by_addr = HashMap::new();
+        let mut endpoints: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
+        let mut services = Vec::with_capacity(config.services.len());
+        for (i, s) in config.services.iter().enumerate() {
+            let field = format!("services[{i}]");
+            let ports = compile_ports(s, &field)?;
+            for (a, addr) in s.addresses.iter().enumerate() {
+                let ip: IpAddr = addr.parse().map_err(|_| {
+                    invalid(format!("{field}.addresses[{a}]"), format!("{addr:?} is not an IP"))
+                })?;
+                for (port, _) in &ports {
+                    if let Some(other) = by_addr.insert(SocketAddr::new(ip, *port), i) {
+                        return Err(invalid(
+                            format!("{field}.addresses[{a}]"),
+                            format!(
+                                "{ip}:{port} is also claimed by {}",
+                                config.services[other].name
+                            ),
+                        ));
+                    }
+                }
+            }
+            let backends = compile_backends(s, &ports, &field, previous, &mut endpoints)?;
+            services.push(ServiceState {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                ports,
+                routes: Vec::new(),
+                backends,
+                tcp_routes: Vec::new(),
+                subsets: s
+                    .policy
+                    .iter()
+                    .flat_map(|p| p.subsets.iter().map(|ss| ss.name.clone()))
+                    .collect(),
+            });
+        }
+
+        // Routes refer to services by name, so they compile once all exist.
+        for (i, s) in config.services.iter().enumerate() {
+            let field = format!("services[{i}]");
+            let mut routes = Vec::with_capacity(s.http_routes.len());
+            for (r, route) in s.http_routes.iter().enumerate() {
+                routes.push(compile_route(
+                    route,
+                    &format!("{field}.httpRoutes[{r}]"),
+                    &by_name,
+                    &services,
+                )?);
+            }
+            let mut tcp_routes = Vec::with_capacity(s.tcp_routes.len());
+            for (r, route) in s.tcp_routes.iter().enumerate() {
+                let f = format!("{field}.tcpRoutes[{r}]");
+                let destinations =
+                    compile_destinations(&route.destinations, &f, &by_name, &services)?;
+                tcp_routes.push(TcpRoute {
+                    port: port_u16(route.port, &format!("{f}.port"))?,
+                    total_weight: destinations.iter().map(|d| d.weight).sum(),
+                    destinations,
+                });
+            }
+            services[i].routes = routes;
+            services[i].tcp_routes = tcp_routes;
+        }
+
+        Ok(Self {
+            version: config.version.clone(),
+            config,
+            settings,
+            services,
+            by_name,
+            by_addr,
+            endpoints,
+        })
+    }
+
+    /// The service behind a virtual IP and port, in O(1).
+    pub fn service_by_addr(&self, addr: SocketAddr) -> Option<usize> {
+        self.by_addr.get(&addr).copied()
+    }
+
+    /// The service with this name or alias, in O(1).
+    pub fn service_by_name(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn service(&self, idx: usize) -> &ServiceState {
+        &self.services[idx]
+    }
+
+    pub fn services(&self) -> &[ServiceState] {
+        &self.services
+    }
+
+    /// The balancer for a service's subset and port.
+    pub fn backend(&self, service: usize, subset: &str, port: u16) -> Option<&Arc<Balancer>> {
+        self.services
+            .get(service)?
+            .backends
+            .get(&(subset.to_string(), port))
+    }
+
+    /// Every endpoint known to this state, by address.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.endpoints.values()
+    }
+}
+
+impl ServiceState {
+    pub fn protocol(&self, port: u16) -> Option<Protocol> {
+        self.ports.iter().find(|(p, _)| *p == port).map(|(_, pr)| *pr)
+    }
+}
+
+impl Route {
+    /// Picks one of the weighted destinations.
+    pub fn pick(&self) -> Option<&RouteDestination> {
+        pick_weighted(&self.destinations, self.total_weight)
+    }
+}
+
+impl TcpRoute {
+    pub fn pick(&self) -> Option<&RouteDestination> {
+        pick_weighted(&self.destinations, self.total_weight)
+    }
+}
+
+fn pick_weighted(dests: &[RouteDestination], total: u32) -> Option<&RouteDestination> {
+    match dests.len() {
+        0 => None,
+        1 => dests.first(),
+        _ if total == 0 => dests.first(),
+        _ => {
+            let mut x = rand::rng().random_range(0..total);
+            for d in dests {
+                if x < d.weight {
+                    return Some(d);
+                }
+                x -= d.weight;
+            }
+            dests.last()
+        }
+    }
+}
+
+fn port_u16(p: u32, field: &str) -> Result<u16, ConfigError> {
+    u16::try_from(p).map_err(|_| invalid(field, format!("{p} is not a port")))
+}
+
+fn compile_settings(s: Option<&pb::ProxySettings>) -> Result<Settings, ConfigError> {
+    let default = pb::ProxySettings::default();
+    let s = s.unwrap_or(&default);
+    let opaque_ports = if s.opaque_ports.is_empty() {
+        DEFAULT_OPAQUE_PORTS.into_iter().collect()
+    } else {
+        s.opaque_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| port_u16(*p, &format!("settings.opaquePorts[{i}]")))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(Settings {
+        opaque_ports,
+        detect_timeout: match s.detect_timeout_ms {
+            0 => DEFAULT_DETECT_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        },
+        access_log: s.access_log,
+    })
+}
+
+fn compile_ports(s: &pb::Service, field: &str) -> Result<Vec<(u16, Protocol)>, ConfigError> {
+    let mut ports = Vec::with_capacity(s.ports.len());
+    for (p, sp) in s.ports.iter().enumerate() {
+        let port = port_u16(sp.port, &format!("{field}.ports[{p}].port"))?;
+        if port == 0 {
+            return Err(invalid(format!("{field}.ports[{p}].port"), "must not be 0"));
+        }
+        ports.push((port, sp.protocol()));
+    }
+    Ok(ports)
+}
+
+fn algorithm(lb: Option<&pb::LoadBalancer>, field: &str) -> Result<Algorithm, ConfigError> {
+    use pb::load_balancer::Kind;
+    let Some(lb) = lb else {
+        return Ok(Algorithm::P2cEwma);
+    };
+    Ok(match lb.kind() {
+        Kind::P2cEwma => Algorithm::P2cEwma,
+        Kind::RoundRobin => Algorithm::RoundRobin,
+        Kind::LeastRequest => Algorithm::LeastRequest,
+        Kind::Random => Algorithm::Random,
+        Kind::ConsistentHash => {
+            use pb::consistent_hash::Key;
+            let key = lb.consistent_hash.as_ref().and_then(|h| h.key.as_ref());
+            let key = match key {
+                Some(Key::HeaderName(h)) => HashKey::Header(
+                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(
+                        |_| invalid(format!("{field}.consistentHash.headerName"), "bad header name"),
+                    )?,
+                ),
+                Some(Key::CookieName(c)) => HashKey::Cookie(c.clone()),
+                Some(Key::UseSourceIp(true)) => HashKey::SourceIp,
+                _ => {
+                    return Err(invalid(
+                        format!("{field}.consistentHash"),
+                        "CONSISTENT_HASH needs headerName, cookieName or useSourceIp",
+                    ))
+                }
+            };
+            Algorithm::ConsistentHash(key)
+        }
+    })
+}
+
+fn compile_backends(
+    s: &pb::Service,
+    ports: &[(u16, Protocol)],
+    field: &str,
+    previous: Option<&MeshState>,
+    all: &mut HashMap<SocketAddr, Arc<Endpoint>>,
+) -> Result<HashMap<(String, u16), Arc<Balancer>>, ConfigError> {
+    let policy = s.policy.clone().unwrap_or_default();
+    let service_alg = algorithm(policy.load_balancer.as_ref(), &format!("{field}.policy.loadBalancer"))?;
+
+    // Endpoints per service port, with their labels for subsets.
+    let mut per_port: HashMap<u16, Vec<Arc<Endpoint>>> = HashMap::new();
+    for (e, ep) in s.endpoints.iter().enumerate() {
+        let ef = format!("{field}.endpoints[{e}]");
+        let ip: IpAddr = ep
+            .address
+            .parse()
+            .map_err(|_| invalid(format!("{ef}.address"), format!("{:?} is not an IP", ep.address)))?;
+        for (port, _) in ports {
+            let target = match ep.ports.get(&u32::from(*port)) {
+                Some(p) => port_u16(*p, &format!("{ef}.ports"))?,
+                None if ep.ports.is_empty() => *port,
+                None => continue,
+            };
+            let dial_port = match ep.mesh_port {
+                0 => target,
+                p => port_u16(p, &format!("{ef}.meshPort"))?,
+            };
+            let addr = SocketAddr::new(ip, dial_port);
+            let endpoint = all
+                .entry(addr)
+                .or_insert_with(|| endpoint_state(addr, ep, previous))
+                .clone();
+            per_port.entry(*port).or_default().push(endpoint);
+        }
+    }
+
+    let mut backends = HashMap::new();
+    for (port, _) in ports {
+        let eps = per_port.remove(port).unwrap_or_default();
+        for subset in &policy.subsets {
+            let sf = format!("{field}.policy.subsets[{}]", subset.name);
+            let alg = match &subset.load_balancer {
+                Some(lb) => algorithm(Some(lb), &format!("{sf}.loadBalancer"))?,
+                None => service_alg.clone(),
+            };
+            let members = eps
+                .iter()
+                .filter(|e| subset.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                .cloned()
+                .collect();
+            backends.insert(
+                (subset.name.clone(), *port),
+                Arc::new(Balancer::new(members, alg)),
+            );
+        }
+        backends.insert(
+            (String::new(), *port),
+            Arc::new(Balancer::new(eps, service_alg.clone())),
+        );
+    }
+    Ok(backends)
+}
+
+fn endpoint_state(addr: SocketAddr, ep: &pb::Endpoint, previous: Option<&MeshState>) -> Arc<Endpoint> {
+    let labels: BTreeMap<String, String> = ep.labels.clone().into_iter().collect();
+    let identity = (!ep.identity.is_empty()).then(|| ep.identity.clone());
+    if let Some(prev) = previous.and_then(|p| p.endpoints.get(&addr)) {
+        if prev.labels == labels && prev.identity == identity && prev.pod == ep.pod {
+            return prev.clone();
+        }
+    }
+    let mut e = Endpoint::new(addr);
+    e.workload = labels
+        .get("app")
+        .or_else(|| labels.get("app.kubernetes.io/name"))
+        .cloned()
+        .unwrap_or_else(|| if ep.pod.is_empty() { "unknown".into() } else { ep.pod.clone() });
+    e.labels = labels;
+    e.identity = identity;
+    e.pod = ep.pod.clone();
+    Arc::new(e)
+}
+
+fn compile_destinations(
+    dests: &[pb::WeightedDestination],
+    field: &str,
+    by_name: &HashMap<String, usize>,
+    services: &[ServiceState],
+) -> Result<Vec<RouteDestination>, ConfigError> {
+    let mut out = Vec::with_capacity(dests.len());
+    for (d, wd) in dests.iter().enumerate() {
+        let df = format!("{field}.destinations[{d}]");
+        let dest = wd
+            .destination
+            .as_ref()
+            .ok_or_else(|| invalid(format!("{df}.destination"), "missing"))?;
+        let service = *by_name.get(&dest.service).ok_or_else(|| {
+            invalid(
+                format!("{df}.destination.service"),
+                format!("unknown service {:?}", dest.service),
+            )
+        })?;
+        let port = port_u16(dest.port, &format!("{df}.destination.port"))?;
+        if !dest.subset.is_empty() {
+            if !services[service].subsets.contains(&dest.subset) {
+                return Err(invalid(
+                    format!("{df}.destination.subset"),
+                    format!("service {} has no subset {:?}", dest.service, dest.subset),
+                ));
+            }
+        }
+        out.push(RouteDestination {
+            service,
+            subset: dest.subset.clone(),
+            port,
+            weight: if dests.len() == 1 && wd.weight == 0 { 100 } else { wd.weight },
+        });
+    }
+    Ok(out)
+}
+
+fn compile_route(
+    route: &pb::HttpRoute,
+    field: &str,
+    by_name: &HashMap<String, usize>,
+    services: &[ServiceState],
+) -> Result<Route, ConfigError> {
+    let matchers = route
+        .matches
+        .iter()
+        .enumerate()
+        .map(|(m, hm)| RequestMatcher::compile(hm, &format!("{field}.matches[{m}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let destinations = compile_destinations(&route.destinations, field, by_name, services)?;
+    if destinations.is_empty() && route.redirect.is_none() {
+        return Err(invalid(
+            format!("{field}.destinations"),
+            "a route needs at least one destination or a redirect",
+        ));
+    }
+    Ok(Route {
+        name: route.name.clone(),
+        matchers,
+        total_weight: destinations.iter().map(|d| d.weight).sum(),
+        destinations,
+        timeout: (route.timeout_ms > 0).then(|| Duration::from_millis(route.timeout_ms)),
+        spec: route.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

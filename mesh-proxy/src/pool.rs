@@ -1,0 +1,220 @@
+//! Upstream connections, pooled per endpoint: HTTP/1.1 keep-alive
+//! connections reused one request at a time, and one multiplexed HTTP/2
+//! connection per endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::body::ProxyBody;
+
+/// How long a TCP connect to an endpoint may take before the request fails.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_H1_PER_ENDPOINT: usize = 64;
+
+/// Which protocol the upstream connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+/// Why an upstream request failed; decides the status the caller sees.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream connect error to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upstream connect timeout to {addr} after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("upstream {addr} failed: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the request never reached the endpoint (safe to retry anywhere).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
+    }
+}
+
+#[derive(Default)]
+struct EndpointConns {
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    h1_idle: Mutex<Vec<http1::SendRequest<ProxyBody>>>,
+}
+
+/// Connection pool over every endpoint this proxy talks to.
+#[derive(Clone)]
+pub struct Pool {
+    conns: Arc<Mutex<HashMap<SocketAddr, Arc<EndpointConns>>>>,
+    connect_timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self::new(DEFAULT_CONNECT_TIMEOUT)
+    }
+}
+
+impl Pool {
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            conns: Default::default(),
+            connect_timeout,
+        }
+    }
+
+    fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointConns> {
+        let mut map = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(addr).or_default().clone()
+    }
+
+    /// Forgets connections to endpoints that are no longer configured.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        let mut map = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|a, _| keep(a));
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                addr,
+                timeout: self.connect_timeout,
+            })?
+            .map_err(|source| UpstreamError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    /// Sends one request to `addr` over a pooled connection.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        proto: UpstreamProtocol,
+        req: http::Request<ProxyBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let conns = self.endpoint(addr);
+        match proto {
+            UpstreamProtocol::Http2 => self.send_h2(addr, &conns, req).await,
+            UpstreamProtocol::Http1 => self.send_h1(addr, conns, req).await,
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        conns: &EndpointConns,
+        req: http::Request<ProxyBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut sender = {
+            let mut slot = conns.h2.lock().await;
+            match slot.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let io = self.connect(addr).await?;
+                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                        .adaptive_window(true)
+                        .handshake(io)
+                        .await
+                        .map_err(|source| UpstreamError::Http { addr, source })?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%addr, "upstream h2 connection ended: {e}");
+                        }
+                    });
+                    *slot = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|source| UpstreamError::Http { addr, source })?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Http { addr, source })
+    }
+
+    async fn send_h1(
+        &self,
+        addr: SocketAddr,
+        conns: Arc<EndpointConns>,
+        mut req: http::Request<ProxyBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        // Reuse an idle connection if one is still open; a connection the
+        // server closed while idle gives the request back unsent, and we try
+        // the next one.
+        loop {
+            let idle = conns
+                .h1_idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
+            let Some(mut sender) = idle else { break };
+            if !sender.is_ready() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.return_h1(conns, sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        return Err(UpstreamError::Http {
+                            addr,
+                            source: e.into_error(),
+                        })
+                    }
+                },
+            }
+        }
+        let io = self.connect(addr).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Http { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, "upstream h1 connection ended: {e}");
+            }
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Http { addr, source })?;
+        self.return_h1(conns, sender);
+        Ok(resp)
+    }
+
+    /// Puts the connection back once the response body is done with it.
+    fn return_h1(&self, conns: Arc<EndpointConns>, mut sender: http1::SendRequest<ProxyBody>) {
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = conns.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < MAX_IDLE_H1_PER_ENDPOINT {
+                    idle.push(sender);
+                }
+            }
+        });
+    }
+}

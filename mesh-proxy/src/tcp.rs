@@ -1,0 +1,77 @@
+//! Opaque TCP proxying: bytes in both directions, half-close preserved.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::Shared;
+
+/// Labels for one proxied TCP connection.
+pub struct TcpLabels<'a> {
+    pub direction: &'a str,
+    pub destination_service: &'a str,
+    pub destination_workload: &'a str,
+}
+
+/// Connects to `upstream`, replays `prefix` (bytes already read during
+/// detection) and copies both ways until both sides are done. When one side
+/// half-closes, the other side's write half is shut down and the remaining
+/// direction keeps flowing.
+pub async fn proxy<I>(
+    shared: &Arc<Shared>,
+    mut downstream: I,
+    prefix: BytesMut,
+    upstream: SocketAddr,
+    connect_timeout: Duration,
+    labels: TcpLabels<'_>,
+) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let values = [
+        labels.direction,
+        shared.local.workload.as_str(),
+        shared.local.namespace.as_str(),
+        labels.destination_service,
+        labels.destination_workload,
+    ];
+    let m = &shared.metrics;
+    let mut up = match tokio::time::timeout(connect_timeout, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%upstream, "tcp connect failed: {e}");
+            return Err(e);
+        }
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect to {upstream} timed out"),
+            ))
+        }
+    };
+    let _ = up.set_nodelay(true);
+    m.tcp_opened.with_label_values(&values).inc();
+    let result = async {
+        up.write_all(&prefix).await?;
+        tokio::io::copy_bidirectional(&mut downstream, &mut up).await
+    }
+    .await;
+    m.tcp_closed.with_label_values(&values).inc();
+    match result {
+        Ok((sent, received)) => {
+            m.tcp_sent
+                .with_label_values(&values)
+                .inc_by(sent + prefix.len() as u64);
+            m.tcp_received.with_label_values(&values).inc_by(received);
+            Ok(())
+        }
+        Err(e) => {
+            m.tcp_sent.with_label_values(&values).inc_by(prefix.len() as u64);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! The mesh's command line.
+#![forbid(unsafe_code)]
