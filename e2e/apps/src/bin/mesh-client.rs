@@ -25,7 +25,10 @@ use mesh_testapps::{percentiles, Report};
 use tokio::sync::Mutex;
 
 #[derive(Parser)]
-#[command(name = "mesh-client", about = "HTTP/gRPC load generator for mesh e2e tests")]
+#[command(
+    name = "mesh-client",
+    about = "HTTP/gRPC load generator for mesh e2e tests"
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -99,7 +102,10 @@ async fn connect(sh: &Shared, grpc: bool) -> anyhow::Result<Sender> {
             .await?;
         return Ok(Sender::Grpc(EchoClient::new(ch)));
     }
-    let host = sh.uri.host().ok_or_else(|| anyhow::anyhow!("url has no host"))?;
+    let host = sh
+        .uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("url has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = sh.uri.port_u16().unwrap_or(80);
     let addr = tokio::net::lookup_host((host, port))
