@@ -55,6 +55,7 @@ async fn config_dump(State(s): State<Arc<Shared>>) -> impl IntoResponse {
                 "pod": e.pod,
                 "identity": e.identity,
                 "inFlight": e.in_flight(),
+                "latencyEstimateMs": e.latency_estimate().map(|d| d.as_secs_f64() * 1000.0),
                 "requests": e.requests.load(Ordering::Relaxed),
             })
         })

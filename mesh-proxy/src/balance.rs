@@ -1,8 +1,9 @@
 //! Per-request load balancing over a set of endpoints.
 //!
-//! The default is power-of-two-choices over a peak-EWMA latency estimate
-//! (as in Linkerd and Finagle): pick two endpoints at random and send to the
-//! one with the lower `latency × (in-flight + 1)`. Round robin, least request
+//! The default is power-of-two-choices over an EWMA latency estimate (as in
+//! Linkerd and Finagle): pick two endpoints at random and favour the one
+//! with the lower `latency × (in-flight + 1)`, in proportion to how much
+//! cheaper it is, so equal endpoints get equal shares. Round robin, least request
 //! and consistent hashing (ring hash, for session affinity) are the others.
 
 use std::hash::{Hash, Hasher};
@@ -13,19 +14,22 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-/// How fast a latency peak is forgotten. Linkerd uses 10 s; that makes one
-/// scheduling hiccup starve an endpoint for seconds on a busy node, so we
-/// forget faster and let fresh samples decide.
-pub const EWMA_DECAY: Duration = Duration::from_millis(500);
+/// How fast an endpoint's latency estimate fades while it is not used, so
+/// that an endpoint avoided after a slow answer is soon tried again and
+/// measured afresh. Linkerd uses 10 s; on a busy two-core node one
+/// scheduling hiccup would then starve a healthy endpoint for seconds.
+pub const EWMA_DECAY: Duration = Duration::from_secs(1);
+
+/// Weight of a new latency sample in the moving average.
+pub const EWMA_ALPHA: f64 = 0.1;
+
+/// A sample counts for at most this multiple of the current estimate: one
+/// outlier moves the estimate, a run of slow answers moves it all the way.
+pub const EWMA_OUTLIER_CLAMP: f64 = 4.0;
 
 /// Latency assumed for an endpoint before it has been measured, so that new
 /// endpoints are tried soon but not flooded.
 pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(1);
-
-/// Two costs closer than this ratio are noise, not a real difference: P2C
-/// picks between them at random. Without it, identical backends are split
-/// unevenly by a few microseconds of jitter.
-pub const COST_TIE_RATIO: f64 = 1.25;
 
 /// Virtual nodes per endpoint on the consistent-hash ring; 100 keeps the
 /// load spread within a few percent for small endpoint sets.
@@ -75,6 +79,8 @@ struct Ewma {
     /// Estimated latency in nanoseconds.
     rtt_ns: f64,
     stamp: Instant,
+    /// Whether any response has been observed yet.
+    measured: bool,
 }
 
 impl Ewma {
@@ -96,9 +102,17 @@ impl Endpoint {
             ewma: Mutex::new(Ewma {
                 rtt_ns: EWMA_DEFAULT_RTT.as_nanos() as f64,
                 stamp: Instant::now(),
+                measured: false,
             }),
             requests: AtomicU64::new(0),
         }
+    }
+
+    /// The current latency estimate, if measured.
+    pub fn latency_estimate(&self) -> Option<Duration> {
+        let e = self.ewma.lock().ok()?;
+        e.measured
+            .then(|| Duration::from_nanos(e.decayed(Instant::now()) as u64))
     }
 
     /// Requests to this endpoint that have not finished.
@@ -106,28 +120,28 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Peak-EWMA cost: estimated latency times (in-flight + 1).
-    fn cost(&self, now: Instant) -> f64 {
-        let rtt = self.ewma.lock().map(|e| e.decayed(now)).unwrap_or(0.0);
-        rtt * (self.in_flight() as f64 + 1.0)
+    /// Peak-EWMA cost: estimated latency times (in-flight + 1); `None`
+    /// until the endpoint has answered once.
+    fn cost(&self, now: Instant) -> Option<f64> {
+        let e = self.ewma.lock().ok()?;
+        e.measured
+            .then(|| e.decayed(now) * (self.in_flight() as f64 + 1.0))
     }
 
-    /// Records one observed latency: peaks are taken at once, lower values
-    /// are blended in with a weight that grows with the time since the last
-    /// observation.
+    /// Records one observed latency into the moving average.
     pub fn observe(&self, rtt: Duration) {
         let now = Instant::now();
         if let Ok(mut e) = self.ewma.lock() {
             let sample = rtt.as_nanos() as f64;
             let current = e.decayed(now);
-            e.rtt_ns = if sample > current {
+            e.rtt_ns = if !e.measured {
                 sample
             } else {
-                // Blend so a run of fast samples pulls the estimate down even
-                // when they arrive microseconds apart.
-                0.5 * current + 0.5 * sample
+                let sample = sample.min(current.max(1.0) * EWMA_OUTLIER_CLAMP);
+                EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * current
             };
             e.stamp = now;
+            e.measured = true;
         }
     }
 
@@ -157,6 +171,12 @@ impl InFlight {
     /// Records the latency to the response head (called once it arrives).
     pub fn observe_response(&self) {
         self.endpoint.observe(self.started.elapsed());
+    }
+
+    /// Records the latency from `dispatched` (when the request went out on
+    /// a ready connection) to now.
+    pub fn observe_since(&self, dispatched: Instant) {
+        self.endpoint.observe(dispatched.elapsed());
     }
 }
 
@@ -228,9 +248,17 @@ impl Balancer {
             Algorithm::Random => self.random_usable(&usable),
             Algorithm::P2cEwma => {
                 let now = Instant::now();
-                self.p2c(&usable, |e| e.cost(now))
+                self.p2c(&usable, true, |a, b| match (a.cost(now), b.cost(now)) {
+                    (Some(ca), Some(cb)) => (ca, cb),
+                    // An endpoint that has not answered yet has no latency
+                    // to compare: judge both by in-flight requests, so new
+                    // endpoints get a fair share without being flooded.
+                    _ => (a.in_flight() as f64, b.in_flight() as f64),
+                })
             }
-            Algorithm::LeastRequest => self.p2c(&usable, |e| e.in_flight() as f64),
+            Algorithm::LeastRequest => {
+                self.p2c(&usable, false, |a, b| (a.in_flight() as f64, b.in_flight() as f64))
+            }
             Algorithm::ConsistentHash(key) => match hash_key(key, ctx) {
                 Some(h) => self.ring_lookup(h, &usable),
                 // No key on this request: any endpoint will do.
@@ -251,7 +279,8 @@ impl Balancer {
     fn p2c(
         &self,
         usable: &impl Fn(&Endpoint) -> bool,
-        cost: impl Fn(&Endpoint) -> f64,
+        soft: bool,
+        costs: impl Fn(&Endpoint, &Endpoint) -> (f64, f64),
     ) -> Option<Arc<Endpoint>> {
         let n = self.endpoints.len();
         let mut rng = rand::rng();
@@ -268,17 +297,30 @@ impl Balancer {
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
         let chosen = match (usable(ea), usable(eb)) {
             (true, true) => {
-                let (ca, cb) = (cost(ea), cost(eb));
+                let (ca, cb) = costs(ea, eb);
                 let (lo, hi) = if ca <= cb { (ea, eb) } else { (eb, ea) };
                 let (clo, chi) = (ca.min(cb), ca.max(cb));
-                if chi <= clo * COST_TIE_RATIO + f64::EPSILON {
-                    if rng.random_bool(0.5) {
-                        lo
+                // Soft choice: the cheaper endpoint wins with probability
+                // chi / (clo + chi). Equal costs are a coin toss, 2x is
+                // 67/33, 10x is 91/9. A hard "always the cheaper" rule turns
+                // measurement noise into a lasting skew between equal
+                // endpoints; the soft rule averages noise out and still
+                // steers traffic away from slow or overloaded ones.
+                let p_lo = if soft {
+                    if clo + chi > 0.0 {
+                        chi / (clo + chi)
                     } else {
-                        hi
+                        0.5
                     }
+                } else if chi > clo {
+                    1.0
                 } else {
+                    0.5
+                };
+                if rng.random_bool(p_lo.clamp(0.0, 1.0)) {
                     lo
+                } else {
+                    hi
                 }
             }
             (true, false) => ea,

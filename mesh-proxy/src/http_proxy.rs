@@ -358,9 +358,9 @@ async fn forward(
         None => send.await,
     };
     match result {
-        Ok(resp) => {
+        Ok((resp, dispatched)) => {
             if let Some(i) = &inflight {
-                i.observe_response();
+                i.observe_since(dispatched);
             }
             let (parts, body) = resp.into_parts();
             let body: ProxyBody = match inflight {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -102,13 +102,15 @@ impl Pool {
         Ok(TokioIo::new(stream))
     }
 
-    /// Sends one request to `addr` over a pooled connection.
+    /// Sends one request to `addr` over a pooled connection. Also returns
+    /// when the request was handed to a ready connection, so that latency
+    /// samples measure the endpoint, not our connection set-up.
     pub async fn send(
         &self,
         addr: SocketAddr,
         proto: UpstreamProtocol,
         req: http::Request<ProxyBody>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
         let conns = self.endpoint(addr);
         match proto {
             UpstreamProtocol::Http2 => self.send_h2(addr, &conns, req).await,
@@ -121,7 +123,7 @@ impl Pool {
         addr: SocketAddr,
         conns: &EndpointConns,
         req: http::Request<ProxyBody>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
         let mut sender = {
             let mut slot = conns.h2.lock().await;
             match slot.as_ref() {
@@ -147,10 +149,12 @@ impl Pool {
             .ready()
             .await
             .map_err(|source| UpstreamError::Http { addr, source })?;
-        sender
+        let dispatched = Instant::now();
+        let resp = sender
             .send_request(req)
             .await
-            .map_err(|source| UpstreamError::Http { addr, source })
+            .map_err(|source| UpstreamError::Http { addr, source })?;
+        Ok((resp, dispatched))
     }
 
     async fn send_h1(
@@ -158,7 +162,7 @@ impl Pool {
         addr: SocketAddr,
         conns: Arc<EndpointConns>,
         mut req: http::Request<ProxyBody>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
         // Reuse an idle connection if one is still open; a connection the
         // server closed while idle gives the request back unsent, and we try
         // the next one.
@@ -172,10 +176,11 @@ impl Pool {
             if !sender.is_ready() {
                 continue;
             }
+            let dispatched = Instant::now();
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     self.return_h1(conns, sender);
-                    return Ok(resp);
+                    return Ok((resp, dispatched));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
@@ -198,12 +203,13 @@ impl Pool {
                 tracing::debug!(%addr, "upstream h1 connection ended: {e}");
             }
         });
+        let dispatched = Instant::now();
         let resp = sender
             .send_request(req)
             .await
             .map_err(|source| UpstreamError::Http { addr, source })?;
         self.return_h1(conns, sender);
-        Ok(resp)
+        Ok((resp, dispatched))
     }
 
     /// Puts the connection back once the response body is done with it.

@@ -29,7 +29,13 @@ fn round_robin_is_exact() {
 #[test]
 fn p2c_spreads_equal_endpoints_evenly() {
     let b = Balancer::new(endpoints(3), Algorithm::P2cEwma);
-    let seen = spread(&b, 3000, &PickContext::default());
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    for i in 0..3000u64 {
+        let e = b.pick(&PickContext::default(), |_| true).unwrap();
+        // Equal backends: 1 ms with 10% jitter.
+        e.observe(Duration::from_micros(1000 + (i * 37) % 100));
+        *seen.entry(e.addr).or_default() += 1;
+    }
     for c in seen.values() {
         assert!((850..=1150).contains(c), "{seen:?}");
     }
@@ -40,6 +46,8 @@ fn p2c_avoids_a_slow_endpoint() {
     let eps = endpoints(3);
     let b = Balancer::new(eps.clone(), Algorithm::P2cEwma);
     eps[0].observe(Duration::from_millis(50));
+    eps[1].observe(Duration::from_millis(1));
+    eps[2].observe(Duration::from_millis(1));
     let mut slow = 0;
     for _ in 0..300 {
         let e = b.pick(&PickContext::default(), |_| true).unwrap();
@@ -47,7 +55,9 @@ fn p2c_avoids_a_slow_endpoint() {
             slow += 1;
         }
     }
+    // 50x slower: it wins about 1/51 of the 2/3 of comparisons it is in.
     assert!(slow < 30, "slow endpoint got {slow} of 300");
+    assert!(slow > 0, "the slow endpoint is still probed");
 }
 
 #[test]
