@@ -163,6 +163,9 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
     }
 
     let shutdown = CancellationToken::new();
+    // The admin and metrics endpoints outlive the drain, so that /ready can
+    // say "draining" and the last requests are still counted.
+    let stopped = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     let admin = TcpListener::bind(args.admin_addr)
@@ -177,7 +180,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         (admin, admin::admin_router(shared.clone())),
         (metrics_l, admin::metrics_router(shared.clone())),
     ] {
-        let stop = shutdown.clone();
+        let stop = stopped.clone();
         tokio::spawn(async move {
             let _ = axum::serve(l, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -246,6 +249,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
             if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
                 tracing::warn!(connections = tracker.len(), "drain deadline passed; closing");
             }
+            stopped.cancel();
         })
     };
     Ok(Running {
