@@ -32,7 +32,10 @@ async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     if s.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else if !s.ready.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no config yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no config yet\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }

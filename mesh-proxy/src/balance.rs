@@ -256,9 +256,9 @@ impl Balancer {
                     _ => (a.in_flight() as f64, b.in_flight() as f64),
                 })
             }
-            Algorithm::LeastRequest => {
-                self.p2c(&usable, false, |a, b| (a.in_flight() as f64, b.in_flight() as f64))
-            }
+            Algorithm::LeastRequest => self.p2c(&usable, false, |a, b| {
+                (a.in_flight() as f64, b.in_flight() as f64)
+            }),
             Algorithm::ConsistentHash(key) => match hash_key(key, ctx) {
                 Some(h) => self.ring_lookup(h, &usable),
                 // No key on this request: any endpoint will do.
@@ -381,10 +381,7 @@ fn stable_hash<T: Hash + ?Sized>(v: &T) -> u64 {
 
 fn hash_key(key: &HashKey, ctx: &PickContext<'_>) -> Option<u64> {
     match key {
-        HashKey::Header(name) => ctx
-            .headers?
-            .get(name)
-            .map(|v| stable_hash(v.as_bytes())),
+        HashKey::Header(name) => ctx.headers?.get(name).map(|v| stable_hash(v.as_bytes())),
         HashKey::Cookie(name) => {
             let headers = ctx.headers?;
             headers

@@ -53,7 +53,11 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
         return Some(Protocol::Opaque);
     }
     if method_len == buf.len() {
-        return if method_len > 32 { Some(Protocol::Opaque) } else { None };
+        return if method_len > 32 {
+            Some(Protocol::Opaque)
+        } else {
+            None
+        };
     }
     if buf[method_len] != b' ' {
         return Some(Protocol::Opaque);
@@ -110,7 +114,10 @@ mod tests {
     fn classifies() {
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(&H2_PREFACE[..10]), None);
-        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: x\r\n"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Some(Protocol::Http1)
+        );
         assert_eq!(classify(b"POST /a?b HTTP/1.0\r\n"), Some(Protocol::Http1));
         assert_eq!(classify(b"GET / HTTP/1.1"), None);
         assert_eq!(classify(b"GET"), None);
@@ -127,7 +134,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_client_times_out_as_opaque() {
         let (mut client, _server) = tokio::io::duplex(64);
-        let (p, buf) = detect(&mut client, Duration::from_millis(100)).await.unwrap();
+        let (p, buf) = detect(&mut client, Duration::from_millis(100))
+            .await
+            .unwrap();
         assert_eq!(p, Protocol::Opaque);
         assert!(buf.is_empty());
     }

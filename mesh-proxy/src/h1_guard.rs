@@ -113,7 +113,8 @@ impl Scanner {
                     // terminator straddles two reads.
                     let from = before.saturating_sub(needle.len() - 1);
                     self.partial.extend_from_slice(input);
-                    let found = find(&self.partial[from..], needle).map(|i| from + i + needle.len());
+                    let found =
+                        find(&self.partial[from..], needle).map(|i| from + i + needle.len());
                     match found {
                         None => {
                             if self.partial.len() > limit {
@@ -240,7 +241,9 @@ fn check_head(head: &[u8]) -> Result<State, Reject> {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Reject::bad("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Reject::too_large(format!("more than {MAX_HEADERS} header fields")))
+            return Err(Reject::too_large(format!(
+                "more than {MAX_HEADERS} header fields"
+            )))
         }
         Err(e) => return Err(Reject::bad(format!("malformed request head: {e}"))),
     }
@@ -291,6 +294,9 @@ fn check_head(head: &[u8]) -> Result<State, Reject> {
     }
 }
 
+/// Called once when a request is refused.
+pub type RejectHook = Box<dyn FnOnce(&Reject) + Send>;
+
 /// An I/O wrapper that runs the client's bytes through a [`Scanner`] and, on
 /// a violation, answers the client itself and ends the stream.
 pub struct GuardedIo<I> {
@@ -300,7 +306,7 @@ pub struct GuardedIo<I> {
     /// A refusal being written to the client.
     rejecting: Option<(Vec<u8>, usize)>,
     done: bool,
-    on_reject: Option<Box<dyn FnOnce(&Reject) + Send>>,
+    on_reject: Option<RejectHook>,
 }
 
 impl<I> GuardedIo<I> {

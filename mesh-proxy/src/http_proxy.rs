@@ -90,18 +90,26 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// An answer the proxy makes itself, with the reason in the body and header.
-pub fn local_reply(status: StatusCode, kind: &'static str, msg: String, grpc: bool) -> Response<ProxyBody> {
+pub fn local_reply(
+    status: StatusCode,
+    kind: &'static str,
+    msg: String,
+    grpc: bool,
+) -> Response<ProxyBody> {
     let mut resp = if grpc {
         // gRPC clients read the status from grpc-status, not the HTTP code.
         let code = match status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => 14, // UNAVAILABLE
-            StatusCode::GATEWAY_TIMEOUT => 4,                                  // DEADLINE_EXCEEDED
-            StatusCode::FORBIDDEN => 7,                                        // PERMISSION_DENIED
-            _ => 13,                                                           // INTERNAL
+            StatusCode::GATEWAY_TIMEOUT => 4,                                // DEADLINE_EXCEEDED
+            StatusCode::FORBIDDEN => 7,                                      // PERMISSION_DENIED
+            _ => 13,                                                         // INTERNAL
         };
         let mut r = Response::new(body::empty());
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         h.insert("grpc-status", HeaderValue::from(code));
         if let Ok(v) = HeaderValue::from_str(&percent_encode(&msg)) {
             h.insert("grpc-message", v);
@@ -135,7 +143,11 @@ fn is_grpc(h: &HeaderMap) -> bool {
 }
 
 /// Handles one request end to end. Never fails: errors become responses.
-pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let state = shared.state.load_full();
     let grpc = is_grpc(req.headers());
@@ -149,8 +161,22 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
             (out.response, name.to_string(), out.workload, out.upstream)
         }
         Target::Local { addr } => {
-            let resp = forward(&shared, *addr, req, UpstreamProtocol::Http1, None, grpc, None).await;
-            (resp, shared.local.workload.clone(), shared.local.workload.clone(), Some(*addr))
+            let resp = forward(
+                &shared,
+                *addr,
+                req,
+                UpstreamProtocol::Http1,
+                None,
+                grpc,
+                None,
+            )
+            .await;
+            (
+                resp,
+                shared.local.workload.clone(),
+                shared.local.workload.clone(),
+                Some(*addr),
+            )
         }
     };
     *resp.version_mut() = downstream_version;
@@ -248,7 +274,11 @@ async fn outbound(
                     return fail(
                         StatusCode::NOT_FOUND,
                         "no-route",
-                        format!("mesh-proxy: no route of {name} matches {} {}", req.method(), req.uri().path()),
+                        format!(
+                            "mesh-proxy: no route of {name} matches {} {}",
+                            req.method(),
+                            req.uri().path()
+                        ),
                     )
                 }
             }
@@ -256,7 +286,11 @@ async fn outbound(
     };
 
     let (dest_svc, subset, dest_port) = match route.and_then(|r| r.pick()) {
-        Some(d) => (d.service, d.subset.as_str(), if d.port == 0 { port } else { d.port }),
+        Some(d) => (
+            d.service,
+            d.subset.as_str(),
+            if d.port == 0 { port } else { d.port },
+        ),
         None => (svc_idx, "", port),
     };
     let dest_name = &state.service(dest_svc).name;
@@ -272,7 +306,11 @@ async fn outbound(
         source_ip: Some(conn.client.ip()),
     };
     let Some(endpoint) = balancer.pick(&ctx, |_| true) else {
-        let which = if subset.is_empty() { String::new() } else { format!(" subset {subset}") };
+        let which = if subset.is_empty() {
+            String::new()
+        } else {
+            format!(" subset {subset}")
+        };
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "no-endpoints",
@@ -280,13 +318,24 @@ async fn outbound(
         );
     };
     let upstream_proto = match (req.version(), state.service(dest_svc).protocol(dest_port)) {
-        (_, Some(Protocol::Http2 | Protocol::Grpc)) | (Version::HTTP_2, _) => UpstreamProtocol::Http2,
+        (_, Some(Protocol::Http2 | Protocol::Grpc)) | (Version::HTTP_2, _) => {
+            UpstreamProtocol::Http2
+        }
         _ => UpstreamProtocol::Http1,
     };
     let inflight = endpoint.start();
     let timeout = route.and_then(|r| r.timeout);
     tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, "routing request");
-    let response = forward(shared, endpoint.addr, req, upstream_proto, Some(inflight), grpc, timeout).await;
+    let response = forward(
+        shared,
+        endpoint.addr,
+        req,
+        upstream_proto,
+        Some(inflight),
+        grpc,
+        timeout,
+    )
+    .await;
     Outcome {
         response,
         workload: endpoint.workload.clone(),

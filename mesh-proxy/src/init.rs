@@ -67,7 +67,12 @@ pub enum IptablesMode {
 }
 
 /// Chains we own; every one is flushed and rebuilt on each run.
-pub const CHAINS: [&str; 4] = ["MESH_INBOUND", "MESH_IN_REDIRECT", "MESH_OUTPUT", "MESH_REDIRECT"];
+pub const CHAINS: [&str; 4] = [
+    "MESH_INBOUND",
+    "MESH_IN_REDIRECT",
+    "MESH_OUTPUT",
+    "MESH_REDIRECT",
+];
 
 fn parse_ports(s: &str, what: &str) -> anyhow::Result<Vec<u16>> {
     s.split(',')
@@ -129,7 +134,9 @@ pub fn render(args: &InitArgs, with_jumps: bool) -> anyhow::Result<String> {
         None => r.push_str("-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT\n"),
         Some(list) => {
             for p in list {
-                r.push_str(&format!("-A MESH_INBOUND -p tcp --dport {p} -j MESH_IN_REDIRECT\n"));
+                r.push_str(&format!(
+                    "-A MESH_INBOUND -p tcp --dport {p} -j MESH_IN_REDIRECT\n"
+                ));
             }
         }
     }
@@ -217,7 +224,16 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
     let bin = pick_backend(args.iptables_mode);
     // Jumps from built-in chains survive --noflush: add them only once.
     let jumps_exist = Command::new(bin)
-        .args(["-t", "nat", "-C", "OUTPUT", "-p", "tcp", "-j", "MESH_OUTPUT"])
+        .args([
+            "-t",
+            "nat",
+            "-C",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-j",
+            "MESH_OUTPUT",
+        ])
         .stderr(Stdio::null())
         .status()
         .map(|s| s.success())

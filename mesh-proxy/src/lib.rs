@@ -88,7 +88,10 @@ impl Shared {
                 tracing::info!(version = %next.version, services = next.services().len(), "config applied");
                 self.state.store(next);
                 self.ready.store(true, Ordering::Relaxed);
-                self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["applied"])
+                    .inc();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
@@ -98,7 +101,10 @@ impl Shared {
             }
             Err(e) => {
                 tracing::warn!("config rejected, keeping the last good one: {e}");
-                self.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
                 Err(e)
             }
         }
@@ -157,9 +163,15 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         draining: AtomicBool::new(false),
     });
     if let Some(cfg) = initial {
-        shared
-            .apply(cfg)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default()))?;
+        shared.apply(cfg).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}",
+                args.config
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )
+        })?;
     }
 
     let shutdown = CancellationToken::new();
@@ -246,8 +258,14 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
             shared.draining.store(true, Ordering::Relaxed);
             tracker.close();
             tracing::info!(connections = tracker.len(), ?drain_timeout, "draining");
-            if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
-                tracing::warn!(connections = tracker.len(), "drain deadline passed; closing");
+            if tokio::time::timeout(drain_timeout, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    connections = tracker.len(),
+                    "drain deadline passed; closing"
+                );
             }
             stopped.cancel();
         })
@@ -298,7 +316,9 @@ async fn watch_file(path: PathBuf, shared: Arc<Shared>, stop: CancellationToken)
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(CONFIG_POLL_INTERVAL) => {}
         }
-        let Ok(now) = std::fs::read(&path) else { continue };
+        let Ok(now) = std::fs::read(&path) else {
+            continue;
+        };
         if last.as_ref() == Some(&now) {
             continue;
         }
@@ -312,7 +332,11 @@ async fn watch_file(path: PathBuf, shared: Arc<Shared>, stop: CancellationToken)
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), "config not reloaded: {e}");
-                shared.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
             }
         }
     }
@@ -374,7 +398,10 @@ async fn serve_connection(
     let (direction, target, passthrough) = match kind {
         Listener::Explicit { service, port } => (
             Direction::Outbound,
-            Target::Service { name: service, port },
+            Target::Service {
+                name: service,
+                port,
+            },
             None,
         ),
         Listener::Outbound => {
@@ -454,22 +481,25 @@ async fn serve_connection(
     match proto {
         detect::Protocol::Http1 => {
             let shared2 = shared.clone();
-            let io = h1_guard::GuardedIo::new(io::PrefixedIo::new(prefix, stream)).on_reject(
-                move |r| {
+            let io =
+                h1_guard::GuardedIo::new(io::PrefixedIo::new(prefix, stream)).on_reject(move |r| {
                     shared2
                         .metrics
                         .refused
                         .with_label_values(&[direction.as_str(), &r.status.to_string()])
                         .inc();
-                },
-            );
+                });
             let svc = {
                 let shared = shared.clone();
                 let info = info.clone();
                 service_fn(move |req| {
                     let shared = shared.clone();
                     let info = info.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http_proxy::handle(shared, info, req).await,
+                        )
+                    }
                 })
             };
             let conn = hyper::server::conn::http1::Builder::new()
@@ -493,7 +523,11 @@ async fn serve_connection(
                 service_fn(move |req| {
                     let shared = shared.clone();
                     let info = info.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http_proxy::handle(shared, info, req).await,
+                        )
+                    }
                 })
             };
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -513,7 +547,11 @@ async fn serve_connection(
         }
         detect::Protocol::Tls | detect::Protocol::Opaque => {
             let (upstream, service, workload) = match &info.target {
-                Target::Local { addr } => (*addr, shared.local.workload.clone(), shared.local.workload.clone()),
+                Target::Local { addr } => (
+                    *addr,
+                    shared.local.workload.clone(),
+                    shared.local.workload.clone(),
+                ),
                 Target::Service { name, port } => {
                     let state = shared.state.load_full();
                     match pick_tcp_endpoint(&state, name, *port, client) {
@@ -558,7 +596,11 @@ fn pick_tcp_endpoint(
         .find(|r| r.port == 0 || r.port == port)
         .and_then(|r| r.pick())
     {
-        Some(d) => (d.service, d.subset.as_str(), if d.port == 0 { port } else { d.port }),
+        Some(d) => (
+            d.service,
+            d.subset.as_str(),
+            if d.port == 0 { port } else { d.port },
+        ),
         None => (idx, "", port),
     };
     let ctx = balance::PickContext {

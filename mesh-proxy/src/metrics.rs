@@ -53,7 +53,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("mesh_requests_total", "HTTP requests handled, by response code."),
+            Opts::new(
+                "mesh_requests_total",
+                "HTTP requests handled, by response code.",
+            ),
             REQUEST_LABELS,
         )
         .expect("valid metric");
@@ -69,8 +72,14 @@ impl Metrics {
         let tcp = |name: &str, help: &str| {
             IntCounterVec::new(Opts::new(name, help), TCP_LABELS).expect("valid metric")
         };
-        let tcp_opened = tcp("mesh_tcp_connections_opened_total", "TCP connections opened.");
-        let tcp_closed = tcp("mesh_tcp_connections_closed_total", "TCP connections closed.");
+        let tcp_opened = tcp(
+            "mesh_tcp_connections_opened_total",
+            "TCP connections opened.",
+        );
+        let tcp_closed = tcp(
+            "mesh_tcp_connections_closed_total",
+            "TCP connections closed.",
+        );
         let tcp_sent = tcp(
             "mesh_tcp_sent_bytes_total",
             "Bytes sent to the destination on proxied TCP connections.",

@@ -151,7 +151,10 @@ impl MeshState {
             let ports = compile_ports(s, &field)?;
             for (a, addr) in s.addresses.iter().enumerate() {
                 let ip: IpAddr = addr.parse().map_err(|_| {
-                    invalid(format!("{field}.addresses[{a}]"), format!("{addr:?} is not an IP"))
+                    invalid(
+                        format!("{field}.addresses[{a}]"),
+                        format!("{addr:?} is not an IP"),
+                    )
                 })?;
                 for (port, _) in &ports {
                     if let Some(other) = by_addr.insert(SocketAddr::new(ip, *port), i) {
@@ -253,7 +256,10 @@ impl MeshState {
 
 impl ServiceState {
     pub fn protocol(&self, port: u16) -> Option<Protocol> {
-        self.ports.iter().find(|(p, _)| *p == port).map(|(_, pr)| *pr)
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, pr)| *pr)
     }
 }
 
@@ -342,7 +348,12 @@ fn algorithm(lb: Option<&pb::LoadBalancer>, field: &str) -> Result<Algorithm, Co
             let key = match key {
                 Some(Key::HeaderName(h)) => HashKey::Header(
                     http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(
-                        |_| invalid(format!("{field}.consistentHash.headerName"), "bad header name"),
+                        |_| {
+                            invalid(
+                                format!("{field}.consistentHash.headerName"),
+                                "bad header name",
+                            )
+                        },
                     )?,
                 ),
                 Some(Key::CookieName(c)) => HashKey::Cookie(c.clone()),
@@ -367,16 +378,21 @@ fn compile_backends(
     all: &mut HashMap<SocketAddr, Arc<Endpoint>>,
 ) -> Result<HashMap<(String, u16), Arc<Balancer>>, ConfigError> {
     let policy = s.policy.clone().unwrap_or_default();
-    let service_alg = algorithm(policy.load_balancer.as_ref(), &format!("{field}.policy.loadBalancer"))?;
+    let service_alg = algorithm(
+        policy.load_balancer.as_ref(),
+        &format!("{field}.policy.loadBalancer"),
+    )?;
 
     // Endpoints per service port, with their labels for subsets.
     let mut per_port: HashMap<u16, Vec<Arc<Endpoint>>> = HashMap::new();
     for (e, ep) in s.endpoints.iter().enumerate() {
         let ef = format!("{field}.endpoints[{e}]");
-        let ip: IpAddr = ep
-            .address
-            .parse()
-            .map_err(|_| invalid(format!("{ef}.address"), format!("{:?} is not an IP", ep.address)))?;
+        let ip: IpAddr = ep.address.parse().map_err(|_| {
+            invalid(
+                format!("{ef}.address"),
+                format!("{:?} is not an IP", ep.address),
+            )
+        })?;
         for (port, _) in ports {
             let target = match ep.ports.get(&u32::from(*port)) {
                 Some(p) => port_u16(*p, &format!("{ef}.ports"))?,
@@ -407,7 +423,12 @@ fn compile_backends(
             };
             let members = eps
                 .iter()
-                .filter(|e| subset.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                .filter(|e| {
+                    subset
+                        .labels
+                        .iter()
+                        .all(|(k, v)| e.labels.get(k) == Some(v))
+                })
                 .cloned()
                 .collect();
             backends.insert(
@@ -423,7 +444,11 @@ fn compile_backends(
     Ok(backends)
 }
 
-fn endpoint_state(addr: SocketAddr, ep: &pb::Endpoint, previous: Option<&MeshState>) -> Arc<Endpoint> {
+fn endpoint_state(
+    addr: SocketAddr,
+    ep: &pb::Endpoint,
+    previous: Option<&MeshState>,
+) -> Arc<Endpoint> {
     let labels: BTreeMap<String, String> = ep.labels.clone().into_iter().collect();
     let identity = (!ep.identity.is_empty()).then(|| ep.identity.clone());
     if let Some(prev) = previous.and_then(|p| p.endpoints.get(&addr)) {
@@ -436,7 +461,13 @@ fn endpoint_state(addr: SocketAddr, ep: &pb::Endpoint, previous: Option<&MeshSta
         .get("app")
         .or_else(|| labels.get("app.kubernetes.io/name"))
         .cloned()
-        .unwrap_or_else(|| if ep.pod.is_empty() { "unknown".into() } else { ep.pod.clone() });
+        .unwrap_or_else(|| {
+            if ep.pod.is_empty() {
+                "unknown".into()
+            } else {
+                ep.pod.clone()
+            }
+        });
     e.labels = labels;
     e.identity = identity;
     e.pod = ep.pod.clone();
@@ -463,19 +494,21 @@ fn compile_destinations(
             )
         })?;
         let port = port_u16(dest.port, &format!("{df}.destination.port"))?;
-        if !dest.subset.is_empty() {
-            if !services[service].subsets.contains(&dest.subset) {
-                return Err(invalid(
-                    format!("{df}.destination.subset"),
-                    format!("service {} has no subset {:?}", dest.service, dest.subset),
-                ));
-            }
+        if !dest.subset.is_empty() && !services[service].subsets.contains(&dest.subset) {
+            return Err(invalid(
+                format!("{df}.destination.subset"),
+                format!("service {} has no subset {:?}", dest.service, dest.subset),
+            ));
         }
         out.push(RouteDestination {
             service,
             subset: dest.subset.clone(),
             port,
-            weight: if dests.len() == 1 && wd.weight == 0 { 100 } else { wd.weight },
+            weight: if dests.len() == 1 && wd.weight == 0 {
+                100
+            } else {
+                wd.weight
+            },
         });
     }
     Ok(out)

@@ -97,7 +97,10 @@ impl RequestMatcher {
         }
         let mut query = Vec::with_capacity(m.query_params.len());
         for (i, q) in m.query_params.iter().enumerate() {
-            query.push((q.name.clone(), sm(&q.value, &format!("queryParams[{i}].value"))?));
+            query.push((
+                q.name.clone(),
+                sm(&q.value, &format!("queryParams[{i}].value"))?,
+            ));
         }
         Ok(Self {
             uri: sm(&m.uri, "uri")?,
@@ -221,7 +224,8 @@ mod tests {
             serde_json::from_value(serde_json::json!({"uri": {"regex": "(["}})).unwrap();
         let err = RequestMatcher::compile(&m, "services[0].httpRoutes[1].matches[0]").unwrap_err();
         assert!(
-            err.to_string().contains("services[0].httpRoutes[1].matches[0].uri"),
+            err.to_string()
+                .contains("services[0].httpRoutes[1].matches[0].uri"),
             "{err}"
         );
     }

@@ -70,7 +70,9 @@ where
             Ok(())
         }
         Err(e) => {
-            m.tcp_sent.with_label_values(&values).inc_by(prefix.len() as u64);
+            m.tcp_sent
+                .with_label_values(&values)
+                .inc_by(prefix.len() as u64);
             Err(e)
         }
     }

@@ -36,14 +36,21 @@ pub fn propagate(headers: &mut HeaderMap) -> HeaderValue {
         }
     };
     let span: u64 = rng.random::<u64>() | 1;
-    let tp = match headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent) {
+    let tp = match headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+    {
         Some((trace, flags)) => format!("00-{trace}-{span:016x}-{flags}"),
         None => {
             let trace: u128 = rng.random::<u128>() | 1;
             format!("00-{trace:032x}-{span:016x}-01")
         }
     };
-    headers.insert(TRACEPARENT, HeaderValue::from_str(&tp).expect("hex is a valid header"));
+    headers.insert(
+        TRACEPARENT,
+        HeaderValue::from_str(&tp).expect("hex is a valid header"),
+    );
     id
 }
 
@@ -51,14 +58,23 @@ fn uuid_v4(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Returns (trace-id, flags) of a valid version-00 traceparent.
 fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     let mut parts = v.split('-');
     let (ver, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     let valid = ver == "00"
         && parts.next().is_none()
         && hex(trace, 32)
@@ -88,12 +104,20 @@ mod tests {
         h.insert(REQUEST_ID, "abc".parse().unwrap());
         h.insert(
             TRACEPARENT,
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
         );
         assert_eq!(propagate(&mut h), "abc");
         let tp = h.get(TRACEPARENT).unwrap().to_str().unwrap();
-        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
-        assert!(!tp.contains("00f067aa0ba902b7"), "a new span id for this hop: {tp}");
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{tp}"
+        );
+        assert!(
+            !tp.contains("00f067aa0ba902b7"),
+            "a new span id for this hop: {tp}"
+        );
         assert!(tp.ends_with("-01"));
     }
 

@@ -37,7 +37,12 @@ services:
         echo.port(),
         banner.port()
     );
-    let p = start_proxy(&yaml, &["web:80", "refused:80", "echo:7", "smtp:2525", "empty:80"], &[]).await;
+    let p = start_proxy(
+        &yaml,
+        &["web:80", "refused:80", "echo:7", "smtp:2525", "empty:80"],
+        &[],
+    )
+    .await;
     let web = p.listener(0);
     (p, web)
 }
@@ -52,7 +57,11 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 }
 
 async fn good_request_works(addr: std::net::SocketAddr) {
-    let resp = raw(addr, b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").await;
+    let resp = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.ends_with("ok"), "{resp}");
 }
@@ -74,7 +83,10 @@ async fn smuggling_attempts_get_400_and_nothing_reaches_the_backend() {
     good_request_works(web).await;
     // Refusals are counted; no request reached the upstream.
     let text = scrape(p.running.metrics_addr).await;
-    assert!(text.contains("mesh_refused_requests_total{code=\"400\",direction=\"outbound\"} 4"), "{text}");
+    assert!(
+        text.contains("mesh_refused_requests_total{code=\"400\",direction=\"outbound\"} 4"),
+        "{text}"
+    );
     assert!(!text.contains("code=\"400\",destination_service"), "{text}");
     p.running.shutdown().await;
 }
@@ -94,11 +106,22 @@ async fn oversized_headers_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upstream_is_503_with_the_reason() {
     let (p, _) = setup().await;
-    let resp = raw(p.listener(1), b"GET / HTTP/1.1\r\nHost: refused\r\nConnection: close\r\n\r\n").await;
+    let resp = raw(
+        p.listener(1),
+        b"GET / HTTP/1.1\r\nHost: refused\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     assert!(resp.contains("x-mesh-error: upstream-connect"), "{resp}");
-    assert!(resp.contains("upstream connect error to 127.0.0.1:1"), "{resp}");
-    let resp = raw(p.listener(4), b"GET / HTTP/1.1\r\nHost: empty\r\nConnection: close\r\n\r\n").await;
+    assert!(
+        resp.contains("upstream connect error to 127.0.0.1:1"),
+        "{resp}"
+    );
+    let resp = raw(
+        p.listener(4),
+        b"GET / HTTP/1.1\r\nHost: empty\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     assert!(resp.contains("no endpoints for empty"), "{resp}");
     p.running.shutdown().await;
@@ -122,7 +145,9 @@ async fn silent_client_falls_back_to_tcp_after_the_detection_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_pass_through_as_opaque_tcp_byte_exact_with_half_close() {
     let (p, web) = setup().await;
-    let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let payload: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let mut s = TcpStream::connect(p.listener(2)).await.unwrap();
     let (mut r, mut w) = s.split();
     let send = async {
@@ -140,7 +165,10 @@ async fn random_bytes_pass_through_as_opaque_tcp_byte_exact_with_half_close() {
     assert!(got == payload, "echo is byte-exact");
     // Garbage on an HTTP port is refused without harming others.
     let resp = raw(web, b"\x16\x00garbage\r\n\r\n\x00\xff").await;
-    assert!(resp.is_empty() || !resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.is_empty() || !resp.starts_with("HTTP/1.1 200"),
+        "{resp}"
+    );
     good_request_works(web).await;
     let text = scrape(p.running.metrics_addr).await;
     assert!(text.contains("mesh_tcp_sent_bytes_total"), "{text}");
@@ -157,20 +185,33 @@ async fn config_reload_keeps_connections_and_rejects_bad_files() {
     let p = start_proxy(&cfg(a), &["web:80"], &[]).await;
     let stream = TcpStream::connect(p.listener(0)).await.unwrap();
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    async fn get(s: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>) -> String {
+    async fn get(
+        s: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    ) -> String {
         use http_body_util::BodyExt;
         s.ready().await.unwrap();
         let resp = s
-            .send_request(http::Request::get("/").header("host", "web").body(Default::default()).unwrap())
+            .send_request(
+                http::Request::get("/")
+                    .header("host", "web")
+                    .body(Default::default())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string()
     }
     assert_eq!(get(&mut sender).await, "a");
     // A broken file is refused; the last good config stays.
-    std::fs::write(p.config_path(), "services: [{name: web, ports: [{port: 'x'}]}]").unwrap();
+    std::fs::write(
+        p.config_path(),
+        "services: [{name: web, ports: [{port: 'x'}]}]",
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(get(&mut sender).await, "a");
     // A good file is applied on the same client connection.
@@ -185,7 +226,10 @@ async fn config_reload_keeps_connections_and_rejects_bad_files() {
     }
     assert!(switched, "new config applied without reconnecting");
     let text = scrape(p.running.metrics_addr).await;
-    assert!(text.contains("mesh_config_updates_total{result=\"rejected\"} 1"), "{text}");
+    assert!(
+        text.contains("mesh_config_updates_total{result=\"rejected\"} 1"),
+        "{text}"
+    );
     p.running.shutdown().await;
 }
 
@@ -200,7 +244,9 @@ async fn drain_finishes_in_flight_requests() {
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+                    .await;
             });
         }
     });
@@ -208,13 +254,21 @@ async fn drain_finishes_in_flight_requests() {
     let p = start_proxy(&yaml, &["slow:80"], &[]).await;
     let addr = p.listener(0);
     let admin = p.running.admin_addr;
-    let inflight = tokio::spawn(async move { raw(addr, b"GET / HTTP/1.1\r\nHost: slow\r\n\r\n").await });
+    let inflight =
+        tokio::spawn(async move { raw(addr, b"GET / HTTP/1.1\r\nHost: slow\r\n\r\n").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let token = p.running.shutdown_token();
     token.cancel();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let ready = raw(admin, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    assert!(ready.starts_with("HTTP/1.1 503"), "not ready while draining: {ready}");
+    let ready = raw(
+        admin,
+        b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        ready.starts_with("HTTP/1.1 503"),
+        "not ready while draining: {ready}"
+    );
     assert!(ready.ends_with("draining\n"), "{ready}");
     let resp = inflight.await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");

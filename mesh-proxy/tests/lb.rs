@@ -81,7 +81,9 @@ async fn http1_one_keepalive_connection_is_balanced_per_request() {
         &[],
     )
     .await;
-    let stream = tokio::net::TcpStream::connect(proxy.listener(0)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(proxy.listener(0))
+        .await
+        .unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -93,10 +95,15 @@ async fn http1_one_keepalive_connection_is_balanced_per_request() {
             .body(Empty::<Bytes>::new())
             .unwrap();
         sender.ready().await.unwrap();
-        let resp = sender.send_request(req).await.expect("same connection keeps working");
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("same connection keeps working");
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        *counts.entry(String::from_utf8_lossy(&body).into()).or_default() += 1;
+        *counts
+            .entry(String::from_utf8_lossy(&body).into())
+            .or_default() += 1;
     }
     assert!(!conn.is_finished(), "the client connection stayed open");
     assert_even(&counts, N, 3, TOLERANCE);
@@ -122,7 +129,10 @@ async fn http1_one_keepalive_connection_is_balanced_per_request() {
         }
     }
     assert_eq!(total, N as f64, "mesh_requests_total counts every request");
-    assert_eq!(by_workload, 1, "one series for the destination workload 'backend'");
+    assert_eq!(
+        by_workload, 1,
+        "one series for the destination workload 'backend'"
+    );
     let count = scrape
         .samples
         .iter()
@@ -152,7 +162,9 @@ async fn http2_one_connection_is_balanced_per_request() {
         &[],
     )
     .await;
-    let stream = tokio::net::TcpStream::connect(proxy.listener(0)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(proxy.listener(0))
+        .await
+        .unwrap();
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -186,7 +198,9 @@ async fn http2_one_connection_is_balanced_per_request() {
 async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     String::from_utf8_lossy(&out).to_string()
@@ -216,7 +230,9 @@ services:
         endpoints_yaml(&backends, 80)
     );
     let proxy = start_proxy(&yaml, &["web:80"], &[]).await;
-    let stream = tokio::net::TcpStream::connect(proxy.listener(0)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(proxy.listener(0))
+        .await
+        .unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -242,9 +258,16 @@ services:
             v2 += 1;
         }
     }
-    assert!((140..=260).contains(&v2), "10% ± 3% to v2, got {v2} of 2000");
+    assert!(
+        (140..=260).contains(&v2),
+        "10% ± 3% to v2, got {v2} of 2000"
+    );
     for _ in 0..50 {
-        assert_eq!(get(&mut sender, true).await, "v2", "header match routes only to v2");
+        assert_eq!(
+            get(&mut sender, true).await,
+            "v2",
+            "header match routes only to v2"
+        );
     }
     proxy.running.shutdown().await;
 }

@@ -45,13 +45,18 @@ impl Drop for Topology {
             let _ = p.wait();
         }
         for n in ["c", "h", "s1", "s2", "s3"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(n)]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(n)])
+                .status();
         }
     }
 }
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("command runs");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("command runs");
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -127,14 +132,34 @@ fn setup() -> Topology {
         in_ns(&hub, &["ip", "link", "set", &a, "master", "br0"]);
         in_ns(&hub, &["ip", "link", "set", &a, "up"]);
         in_ns(&ns, &["ip", "link", "set", &b, "name", "eth0"]);
-        in_ns(&ns, &["ip", "addr", "add", &format!("{SUBNET}.{host}/24"), "dev", "eth0"]);
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{SUBNET}.{host}/24"),
+                "dev",
+                "eth0",
+            ],
+        );
         in_ns(&ns, &["ip", "link", "set", "eth0", "up"]);
     }
     // Service IPs exist only in the proxy's config; the client just needs a route.
-    in_ns(&t.ns("c"), &["ip", "route", "add", "10.77.100.0/24", "dev", "eth0"]);
+    in_ns(
+        &t.ns("c"),
+        &["ip", "route", "add", "10.77.100.0/24", "dev", "eth0"],
+    );
     t._dir = {
-        let d = tempfile::Builder::new().prefix("mesh-netns").tempdir().unwrap();
-        std::fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let d = tempfile::Builder::new()
+            .prefix("mesh-netns")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(
+            d.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         d
     };
     t
@@ -159,10 +184,17 @@ fn transparent_interception_in_network_namespaces() {
         .args(["netns", "exec", &client, proxy_bin, "init"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Running it again is idempotent: the same rules, no duplicate jumps.
     let rules = |ns: &str| {
-        let o = Command::new("ip").args(["netns", "exec", ns, "iptables-save", "-t", "nat"]).output().unwrap();
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "iptables-save", "-t", "nat"])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter(|l| l.starts_with("-A"))
@@ -170,10 +202,19 @@ fn transparent_interception_in_network_namespaces() {
             .collect::<Vec<_>>()
     };
     let first = rules(&client);
-    let out = Command::new("ip").args(["netns", "exec", &client, proxy_bin, "init"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &client, proxy_bin, "init"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(first, rules(&client), "re-running init changes nothing");
-    assert_eq!(first.iter().filter(|l| l.contains("-j MESH_OUTPUT")).count(), 1);
+    assert_eq!(
+        first
+            .iter()
+            .filter(|l| l.contains("-j MESH_OUTPUT"))
+            .count(),
+        1
+    );
 
     // Servers: gRPC echo on :8080 and TCP echo on :9000 in each namespace.
     let servers: Vec<_> = [("s1", 11), ("s2", 12), ("s3", 13)]
@@ -187,7 +228,11 @@ fn transparent_interception_in_network_namespaces() {
             )
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     for (name, grpc, echo) in servers {
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
         rt.block_on(async {
@@ -216,11 +261,27 @@ services:
     );
     let cfg_path = t._dir.path().join("proxy.yaml");
     std::fs::write(&cfg_path, config).unwrap();
-    std::fs::set_permissions(&cfg_path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        &cfg_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let uid = mesh_api::PROXY_UID.to_string();
     t.proxy = Some(
         Command::new("ip")
-            .args(["netns", "exec", &client, "setpriv", "--reuid", &uid, "--regid", &uid, "--clear-groups", proxy_bin, "run"])
+            .args([
+                "netns",
+                "exec",
+                &client,
+                "setpriv",
+                "--reuid",
+                &uid,
+                "--regid",
+                &uid,
+                "--clear-groups",
+                proxy_bin,
+                "run",
+            ])
             .arg("--config")
             .arg(&cfg_path)
             .args(["--workload", "netns-client", "--log", "warn"])
@@ -233,7 +294,9 @@ services:
     let ready = block_in_ns(&client, || async {
         for _ in 0..100 {
             if let Ok(mut s) = tokio::net::TcpStream::connect("127.0.0.1:15000").await {
-                let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await;
                 let mut out = String::new();
                 let _ = s.read_to_string(&mut out).await;
                 if out.starts_with("HTTP/1.1 200") {
@@ -257,7 +320,13 @@ services:
         futures::stream::iter(0..N)
             .map(|_| {
                 let mut c = client.clone();
-                async move { c.echo(EchoRequest::default()).await.expect("rpc").into_inner().pod }
+                async move {
+                    c.echo(EchoRequest::default())
+                        .await
+                        .expect("rpc")
+                        .into_inner()
+                        .pod
+                }
             })
             .buffer_unordered(8)
             .fold(HashMap::new(), |mut m, pod| async move {
@@ -272,8 +341,12 @@ services:
     // (passthrough): byte-exact, with half-close.
     for target in ["10.77.100.2:9000", "10.77.0.12:9000"] {
         let got = block_in_ns(&client, move || async move {
-            let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
-            let mut s = tokio::net::TcpStream::connect(target).await.expect("connect");
+            let payload: Vec<u8> = (0..1_000_000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+                .collect();
+            let mut s = tokio::net::TcpStream::connect(target)
+                .await
+                .expect("connect");
             let (mut r, mut w) = s.split();
             let send = async {
                 w.write_all(&payload).await.unwrap();
@@ -291,18 +364,27 @@ services:
     }
 
     let metrics = block_in_ns(&client, || async {
-        let mut s = tokio::net::TcpStream::connect("127.0.0.1:15020").await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut s = tokio::net::TcpStream::connect("127.0.0.1:15020")
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
     });
     let requests: f64 = metrics
         .lines()
-        .filter(|l| l.starts_with("mesh_requests_total{") && l.contains("echo.test.svc.cluster.local"))
+        .filter(|l| {
+            l.starts_with("mesh_requests_total{") && l.contains("echo.test.svc.cluster.local")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(requests, N as f64, "every call went through the proxy once:\n{metrics}");
+    assert_eq!(
+        requests, N as f64,
+        "every call went through the proxy once:\n{metrics}"
+    );
     // Had the proxy's own upstream connections been redirected back to it,
     // they would show up as passthrough TCP to the pod IPs.
     for ip in ["10.77.0.11", "10.77.0.13"] {
@@ -311,7 +393,10 @@ services:
             "proxy traffic to {ip} was looped back:\n{metrics}"
         );
     }
-    assert!(metrics.contains("destination_service=\"10.77.0.12\""), "passthrough counted");
+    assert!(
+        metrics.contains("destination_service=\"10.77.0.12\""),
+        "passthrough counted"
+    );
     assert!(metrics.contains("destination_service=\"tcpecho.test.svc.cluster.local\""));
     drop(rt);
 }

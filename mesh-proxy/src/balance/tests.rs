@@ -66,17 +66,27 @@ fn least_request_prefers_idle() {
     let b = Balancer::new(eps.clone(), Algorithm::LeastRequest);
     let _busy: Vec<_> = (0..10).map(|_| eps[0].start()).collect();
     for _ in 0..50 {
-        assert_eq!(b.pick(&PickContext::default(), |_| true).unwrap().addr, eps[1].addr);
+        assert_eq!(
+            b.pick(&PickContext::default(), |_| true).unwrap().addr,
+            eps[1].addr
+        );
     }
 }
 
 #[test]
 fn unusable_endpoints_are_skipped() {
     let eps = endpoints(3);
-    for alg in [Algorithm::RoundRobin, Algorithm::P2cEwma, Algorithm::Random, Algorithm::LeastRequest] {
+    for alg in [
+        Algorithm::RoundRobin,
+        Algorithm::P2cEwma,
+        Algorithm::Random,
+        Algorithm::LeastRequest,
+    ] {
         let b = Balancer::new(eps.clone(), alg);
         for _ in 0..100 {
-            let e = b.pick(&PickContext::default(), |e| e.addr == eps[2].addr).unwrap();
+            let e = b
+                .pick(&PickContext::default(), |e| e.addr == eps[2].addr)
+                .unwrap();
             assert_eq!(e.addr, eps[2].addr);
         }
         assert!(b.pick(&PickContext::default(), |_| false).is_none());
@@ -93,7 +103,10 @@ fn consistent_hash_is_sticky_and_spread() {
     for user in 0..600 {
         let mut h = http::HeaderMap::new();
         h.insert("x-user", format!("user-{user}").parse().unwrap());
-        let ctx = PickContext { headers: Some(&h), source_ip: None };
+        let ctx = PickContext {
+            headers: Some(&h),
+            source_ip: None,
+        };
         let first = b.pick(&ctx, |_| true).unwrap().addr;
         for _ in 0..3 {
             assert_eq!(b.pick(&ctx, |_| true).unwrap().addr, first);
@@ -107,15 +120,27 @@ fn consistent_hash_is_sticky_and_spread() {
 
 #[test]
 fn consistent_hash_by_cookie_and_source_ip() {
-    let b = Balancer::new(endpoints(5), Algorithm::ConsistentHash(HashKey::Cookie("session".into())));
+    let b = Balancer::new(
+        endpoints(5),
+        Algorithm::ConsistentHash(HashKey::Cookie("session".into())),
+    );
     let mut h = http::HeaderMap::new();
-    h.insert(http::header::COOKIE, "a=1; session=abc; z=2".parse().unwrap());
-    let ctx = PickContext { headers: Some(&h), source_ip: None };
+    h.insert(
+        http::header::COOKIE,
+        "a=1; session=abc; z=2".parse().unwrap(),
+    );
+    let ctx = PickContext {
+        headers: Some(&h),
+        source_ip: None,
+    };
     let first = b.pick(&ctx, |_| true).unwrap().addr;
     assert!((0..20).all(|_| b.pick(&ctx, |_| true).unwrap().addr == first));
 
     let b = Balancer::new(endpoints(5), Algorithm::ConsistentHash(HashKey::SourceIp));
-    let ctx = PickContext { headers: None, source_ip: Some("10.1.2.3".parse().unwrap()) };
+    let ctx = PickContext {
+        headers: None,
+        source_ip: Some("10.1.2.3".parse().unwrap()),
+    };
     let first = b.pick(&ctx, |_| true).unwrap().addr;
     assert!((0..20).all(|_| b.pick(&ctx, |_| true).unwrap().addr == first));
 }

@@ -51,21 +51,63 @@ fn holds_back_an_incomplete_head() {
 #[test]
 fn refuses_smuggling() {
     let bad: &[(&[u8], &str)] = &[
-        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "CL+TE"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", "TE+CL"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "dup CL"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", "diff CL"),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "CL+TE",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "TE+CL",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            "dup CL",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "diff CL",
+        ),
         (b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", "+CL"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", "overflow CL"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", "list CL"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "TE gzip"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "TE list"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "dup TE"),
-        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "TE in 1.0"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n", "+chunk"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", "chunk overflow"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", "bare LF chunk"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n", "no CRLF after data"),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "overflow CL",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            "list CL",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "TE gzip",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "TE list",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "dup TE",
+        ),
+        (
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "TE in 1.0",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+            "+chunk",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+            "chunk overflow",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+            "bare LF chunk",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+            "no CRLF after data",
+        ),
         (b"GET / HTTP/1.1\nHost: a\r\n\r\n", "bare LF head"),
         (b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "obs-fold"),
         (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", "space in name"),
@@ -100,7 +142,9 @@ fn response_names_the_problem() {
 #[test]
 fn fuzz_logic_smoke() {
     for seed in 0..200u32 {
-        let data: Vec<u8> = (0..300).map(|i| ((i * 31 + seed * 17) % 251) as u8).collect();
+        let data: Vec<u8> = (0..300)
+            .map(|i| ((i * 31 + seed * 17) % 251) as u8)
+            .collect();
         fuzz_logic(&data);
     }
     fuzz_logic(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nff\r\n");

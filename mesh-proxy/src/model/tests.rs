@@ -30,7 +30,9 @@ fn lookups_by_vip_and_name() {
     let idx = s.service_by_addr("10.96.0.10:80".parse().unwrap()).unwrap();
     assert_eq!(s.service(idx).name, "echo.demo.svc.cluster.local");
     assert_eq!(s.service_by_name("echo"), Some(idx));
-    assert!(s.service_by_addr("10.96.0.10:81".parse().unwrap()).is_none());
+    assert!(s
+        .service_by_addr("10.96.0.10:81".parse().unwrap())
+        .is_none());
     let all = s.backend(idx, "", 80).unwrap();
     assert_eq!(all.endpoints().len(), 2);
     let v2 = s.backend(idx, "v2", 80).unwrap();
@@ -71,8 +73,14 @@ fn errors_name_the_field() {
             TWO_SUBSETS.replace("{service: echo, subset: v1}", "{service: nope}"),
             "services[0].httpRoutes[0].destinations[0].destination.service",
         ),
-        (TWO_SUBSETS.replace("10.96.0.10", "not-an-ip"), "services[0].addresses[0]"),
-        (TWO_SUBSETS.replace("10.0.0.2", "bogus"), "services[0].endpoints[1].address"),
+        (
+            TWO_SUBSETS.replace("10.96.0.10", "not-an-ip"),
+            "services[0].addresses[0]",
+        ),
+        (
+            TWO_SUBSETS.replace("10.0.0.2", "bogus"),
+            "services[0].endpoints[1].address",
+        ),
     ];
     for (yaml, field) in cases {
         let err = MeshState::compile(config(&yaml), None).unwrap_err();
@@ -82,8 +90,14 @@ fn errors_name_the_field() {
 
 #[test]
 fn unknown_fields_and_garbage_are_parse_errors() {
-    assert!(matches!(MeshState::parse("services: [{nmae: x}]"), Err(ConfigError::Parse(_))));
-    assert!(matches!(MeshState::parse(": : :"), Err(ConfigError::Parse(_))));
+    assert!(matches!(
+        MeshState::parse("services: [{nmae: x}]"),
+        Err(ConfigError::Parse(_))
+    ));
+    assert!(matches!(
+        MeshState::parse(": : :"),
+        Err(ConfigError::Parse(_))
+    ));
 }
 
 #[test]

@@ -74,17 +74,19 @@ pub async fn http_backend(name: &'static str) -> SocketAddr {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
-                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_string();
-                    let _ = req.into_body().collect().await;
-                    let mut resp = http::Response::new(Full::new(Bytes::from(name)));
-                    resp.headers_mut()
-                        .insert("x-backend", http::HeaderValue::from_static(name));
-                    if path == "/fail" {
-                        *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    }
-                    Ok::<_, Infallible>(resp)
-                });
+                let svc = service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path().to_string();
+                        let _ = req.into_body().collect().await;
+                        let mut resp = http::Response::new(Full::new(Bytes::from(name)));
+                        resp.headers_mut()
+                            .insert("x-backend", http::HeaderValue::from_static(name));
+                        if path == "/fail" {
+                            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
@@ -161,7 +163,9 @@ pub async fn tcp_echo_backend() -> SocketAddr {
 pub fn serve_tcp_echo(l: TcpListener) {
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -177,7 +181,9 @@ pub async fn banner_backend(banner: &'static [u8]) -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let _ = s.write_all(banner).await;
                 let mut buf = [0u8; 1024];
@@ -210,7 +216,11 @@ pub fn endpoints_yaml(addrs: &[SocketAddr], port: u16) -> String {
 
 /// Asserts every count is within `tolerance` (fraction) of an even split.
 pub fn assert_even(counts: &HashMap<String, usize>, n: usize, buckets: usize, tolerance: f64) {
-    assert_eq!(counts.len(), buckets, "not every backend was used: {counts:?}");
+    assert_eq!(
+        counts.len(),
+        buckets,
+        "not every backend was used: {counts:?}"
+    );
     let expected = n as f64 / buckets as f64;
     for (k, c) in counts {
         let share = *c as f64 / n as f64;
