@@ -16,7 +16,8 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
 use serde_json::json;
 
@@ -94,6 +95,26 @@ async fn service_reaches_both_replicas_by_dns_name() -> Result<()> {
         e2e::wait_deployment_ready(&ns, "echo", "app=echo", Duration::from_secs(180)).await?;
     ensure!(pods.len() == 2, "expected 2 ready echo pods, got {pods:?}");
 
+    // Both endpoints published before the client starts; kube-proxy may still
+    // be programming them, so the client waits for a first answer and then
+    // spreads its requests over 3 s.
+    let slices = ns.api::<EndpointSlice>();
+    wait_for("2 ready endpoints of echo", Duration::from_secs(60), || {
+        let slices = slices.clone();
+        async move {
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=echo"))
+                .await?;
+            let ready = list
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .count();
+            Ok((ready == 2).then_some(()))
+        }
+    })
+    .await?;
     // kube-proxy balances connections, so use one connection per request.
     let url = format!("http://echo.{}.svc.cluster.local/smoke", ns.name);
     let client_pod = job_pod(
@@ -107,6 +128,10 @@ async fn service_reaches_both_replicas_by_dns_name() -> Result<()> {
             "-n",
             "60",
             "--connection-per-request",
+            "--wait-ready",
+            "30",
+            "--rate",
+            "20",
             "--timeout",
             "3",
         ],

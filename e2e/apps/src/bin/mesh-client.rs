@@ -71,6 +71,10 @@ struct Common {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
+    /// Before the run, retry single requests (not counted) for up to this many
+    /// seconds until one succeeds, e.g. while Service rules are being programmed.
+    #[arg(long, default_value_t = 0.0)]
+    wait_ready: f64,
     /// Message (gRPC) sent in each request.
     #[arg(long, default_value = "hello")]
     message: String,
@@ -265,13 +269,15 @@ async fn main() -> anyhow::Result<()> {
         Mode::Grpc(c) => (c, true),
     };
     let uri: Uri = opts.url.parse()?;
-    let sh = Arc::new(Shared {
-        opts: opts.clone(),
-        uri,
-        next: AtomicU64::new(0),
-        connections: AtomicU64::new(0),
-        start: Instant::now(),
-    });
+    let new_shared = || {
+        Arc::new(Shared {
+            opts: opts.clone(),
+            uri: uri.clone(),
+            next: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            start: Instant::now(),
+        })
+    };
     let report = Arc::new(Mutex::new((
         Report {
             mode: if grpc { "grpc" } else { "http" }.into(),
@@ -280,6 +286,24 @@ async fn main() -> anyhow::Result<()> {
         },
         Vec::new(),
     )));
+    if opts.wait_ready > 0.0 {
+        let sh = new_shared();
+        let end = Instant::now() + Duration::from_secs_f64(opts.wait_ready);
+        loop {
+            let ok = match connect(&sh, grpc).await {
+                Ok(s) => one(&sh, &s).await.is_ok(),
+                Err(_) => false,
+            };
+            if ok || Instant::now() > end {
+                if !ok {
+                    eprintln!("mesh-client: target not ready after {}s", opts.wait_ready);
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let sh = new_shared();
     // One shared connection unless each request gets its own. HTTP/1.1 cannot
     // multiplex, so it gets one lane.
     let lanes = if !grpc && !opts.h2c && !opts.connection_per_request {
