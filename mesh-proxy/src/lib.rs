@@ -534,7 +534,8 @@ async fn serve_connection(
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
                 .max_header_list_size(h1_guard::MAX_HEAD_BYTES as u32)
-                .adaptive_window(true)
+                .initial_stream_window_size(1024 * 1024)
+                .initial_connection_window_size(4 * 1024 * 1024)
                 .serve_connection(TokioIo::new(io::PrefixedIo::new(prefix, stream)), svc);
             tokio::pin!(conn);
             tokio::select! {

@@ -16,6 +16,11 @@ use crate::body::ProxyBody;
 
 /// How long a TCP connect to an endpoint may take before the request fails.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 flow-control windows toward endpoints: large enough that one
+/// stream can fill a fast local link, fixed so that no BDP probing adds
+/// pings to the request path.
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_H1_PER_ENDPOINT: usize = 64;
 
@@ -131,7 +136,8 @@ impl Pool {
                 _ => {
                     let io = self.connect(addr).await?;
                     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                        .adaptive_window(true)
+                        .initial_stream_window_size(H2_STREAM_WINDOW)
+                        .initial_connection_window_size(H2_CONN_WINDOW)
                         .handshake(io)
                         .await
                         .map_err(|source| UpstreamError::Http { addr, source })?;
