@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/mesh/config/v1/config.proto", "proto/mesh/ca/v1/ca.proto"];
+    let protos = [
+        "proto/mesh/config/v1/config.proto",
+        "proto/mesh/ca/v1/ca.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

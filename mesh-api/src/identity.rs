@@ -104,8 +104,7 @@ fn check_trust_domain(td: &str) -> Result<(), IdentityError> {
 fn check_name(what: &'static str, v: &str) -> Result<(), IdentityError> {
     let ok = !v.is_empty()
         && v.len() <= 253
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !v.starts_with(['-', '.'])
         && !v.ends_with(['-', '.']);

@@ -55,7 +55,13 @@ inbound:
         assert_eq!(svc.ports[0].protocol(), Protocol::Http1);
         assert_eq!(svc.endpoints[0].ports.get(&80), Some(&8080));
         assert_eq!(
-            svc.policy.as_ref().unwrap().load_balancer.as_ref().unwrap().kind(),
+            svc.policy
+                .as_ref()
+                .unwrap()
+                .load_balancer
+                .as_ref()
+                .unwrap()
+                .kind(),
             load_balancer::Kind::RoundRobin
         );
         assert_eq!(cfg.inbound.unwrap().mode(), PeerAuthMode::Strict);
