@@ -121,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         };
+        // Small HTTP/2 frames must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
         let cfg = cfg.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(cfg.clone(), peer, req));
