@@ -180,6 +180,101 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Creates Deployment `name` (`replicas` pods of our image `image_name` listening on
+/// `port`, with env `PORT`, `POD_NAME`, `POD_NAMESPACE`, label `app=<name>`, TCP
+/// readiness probe) and a ClusterIP Service `name` with port `svc_port` → `port`;
+/// waits until the pods are ready and the Service has that many ready endpoints.
+/// Returns the ready pods' names.
+pub async fn deploy_echo(
+    ns: &TestNamespace,
+    name: &str,
+    image_name: &str,
+    port: u16,
+    svc_port: u16,
+    replicas: i32,
+) -> Result<Vec<String>> {
+    let deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "app",
+                        "image": image(image_name),
+                        "imagePullPolicy": pull_policy(),
+                        "env": [
+                            {"name": "PORT", "value": port.to_string()},
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+                        ],
+                        "ports": [{"containerPort": port, "name": "app"}],
+                        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1}
+                    }]
+                }
+            }
+        }
+    }))?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deploy)
+        .await
+        .with_context(|| format!("creating deployment {name}"))?;
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "app", "port": svc_port, "targetPort": port}]
+        }
+    }))?;
+    ns.api::<k8s_openapi::api::core::v1::Service>()
+        .create(&PostParams::default(), &svc)
+        .await
+        .with_context(|| format!("creating service {name}"))?;
+    let pods =
+        wait_deployment_ready(ns, name, &format!("app={name}"), Duration::from_secs(180)).await?;
+    if pods.len() != replicas as usize {
+        bail!("expected {replicas} ready pods of {name}, got {pods:?}");
+    }
+    wait_ready_endpoints(ns, name, pods.len(), Duration::from_secs(60)).await?;
+    Ok(pods)
+}
+
+/// Waits until the Service's EndpointSlices list `n` ready endpoints.
+pub async fn wait_ready_endpoints(
+    ns: &TestNamespace,
+    service: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices = ns.api::<EndpointSlice>();
+    let selector = format!("kubernetes.io/service-name={service}");
+    wait_for(
+        &format!("{n} ready endpoints of {service}"),
+        timeout,
+        || {
+            let slices = slices.clone();
+            let selector = selector.clone();
+            async move {
+                let list = slices
+                    .list(&kube::api::ListParams::default().labels(&selector))
+                    .await?;
+                let ready = list
+                    .items
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter())
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .count();
+                Ok((ready == n).then_some(()))
+            }
+        },
+    )
+    .await
+}
+
 /// A short text with the phase and container states of the selected pods (for failures).
 pub async fn describe_pods(pods: &Api<Pod>, selector: &str) -> String {
     let Ok(list) = pods

@@ -9,15 +9,11 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use e2e::webhook::{Webhook, MUTATED_LABEL};
-use e2e::{
-    client, host_ip, image, job_pod, last_json, pull_policy, run_pod, wait_for, TestNamespace,
-};
+use e2e::{client, deploy_echo, host_ip, job_pod, last_json, run_pod, wait_for, TestNamespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use serde_json::json;
 
@@ -52,70 +48,10 @@ async fn node_is_ready_and_dns_runs() -> Result<()> {
 async fn service_reaches_both_replicas_by_dns_name() -> Result<()> {
     let c = client().await?;
     let ns = TestNamespace::new(&c, "smoke", &[]).await?;
-    let deploy: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "echo"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "echo"}},
-            "template": {
-                "metadata": {"labels": {"app": "echo"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 2,
-                    "containers": [{
-                        "name": "echo",
-                        "image": image("http-echo"),
-                        "imagePullPolicy": pull_policy(),
-                        "env": [
-                            {"name": "PORT", "value": "8080"},
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
-                        ],
-                        "ports": [{"containerPort": 8080, "name": "http"}],
-                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
-                    }]
-                }
-            }
-        }
-    }))?;
-    ns.api::<Deployment>()
-        .create(&PostParams::default(), &deploy)
-        .await?;
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "echo"},
-        "spec": {
-            "selector": {"app": "echo"},
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]
-        }
-    }))?;
-    ns.api::<Service>()
-        .create(&PostParams::default(), &svc)
-        .await?;
-
-    let pods =
-        e2e::wait_deployment_ready(&ns, "echo", "app=echo", Duration::from_secs(180)).await?;
-    ensure!(pods.len() == 2, "expected 2 ready echo pods, got {pods:?}");
-
-    // Both endpoints published before the client starts; kube-proxy may still
-    // be programming them, so the client waits for a first answer and then
-    // spreads its requests over 3 s.
-    let slices = ns.api::<EndpointSlice>();
-    wait_for("2 ready endpoints of echo", Duration::from_secs(60), || {
-        let slices = slices.clone();
-        async move {
-            let list = slices
-                .list(&ListParams::default().labels("kubernetes.io/service-name=echo"))
-                .await?;
-            let ready = list
-                .items
-                .iter()
-                .flat_map(|s| s.endpoints.iter())
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-                .count();
-            Ok((ready == 2).then_some(()))
-        }
-    })
-    .await?;
-    // kube-proxy balances connections, so use one connection per request.
+    let pods = deploy_echo(&ns, "echo", "http-echo", 8080, 80, 2).await?;
+    // kube-proxy balances connections, so use one connection per request. It may
+    // still be programming the endpoints: the client waits for a first answer,
+    // then spreads its requests over 3 s.
     let url = format!("http://echo.{}.svc.cluster.local/smoke", ns.name);
     let client_pod = job_pod(
         "client",
@@ -150,6 +86,49 @@ async fn service_reaches_both_replicas_by_dns_name() -> Result<()> {
     ensure!(
         seen == want,
         "answering pods {seen:?} != ready pods {want:?}"
+    );
+    Ok(())
+}
+
+/// Without the mesh, gRPC over one channel (one HTTP/2 connection) lands on a
+/// single pod: kube-proxy balances connections, not requests (the problem the
+/// mesh's per-request balancing solves). Also checks grpc-echo and mesh-client's
+/// gRPC mode in the cluster.
+#[tokio::test]
+async fn without_mesh_grpc_channel_sticks_to_one_pod() -> Result<()> {
+    let c = client().await?;
+    let ns = TestNamespace::new(&c, "grpc", &[]).await?;
+    let pods = deploy_echo(&ns, "grpc-echo", "grpc-echo", 9090, 9090, 2).await?;
+    let url = format!("http://grpc-echo.{}.svc.cluster.local:9090", ns.name);
+    let client_pod = job_pod(
+        "grpc-client",
+        "mesh-client",
+        &[],
+        &[
+            "grpc",
+            "--url",
+            &url,
+            "-n",
+            "50",
+            "--concurrency",
+            "4",
+            "--wait-ready",
+            "30",
+        ],
+    )?;
+    let report = last_json(&run_pod(&ns, client_pod, Duration::from_secs(180)).await?)?;
+    eprintln!("mesh-client report: {report}");
+    ensure!(report["ok"] == 50, "not all calls succeeded: {report}");
+    ensure!(report["connections"] == 1, "expected one channel: {report}");
+    let by_pod = report["by_pod"].as_object().context("no by_pod")?;
+    ensure!(
+        by_pod.len() == 1,
+        "one channel reached several pods: {report}"
+    );
+    let pod = by_pod.keys().next().cloned().unwrap_or_default();
+    ensure!(
+        pods.contains(&pod),
+        "answering pod {pod} is not one of {pods:?}"
     );
     Ok(())
 }
