@@ -5,6 +5,7 @@
 
 pub mod identity;
 pub mod ports;
+pub mod svid;
 
 pub use identity::{IdentityError, WorkloadIdentity};
 

@@ -1,5 +1,23 @@
-fn main() {
-    // Filled in by issue #4; until then the binary says so instead of pretending.
-    eprintln!("mesh-ca: not implemented yet (issue #4)");
-    std::process::exit(2);
+//! `mesh-ca`: the mesh's certificate authority (see `mesh-ca --help`).
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = mesh_ca::cli::Cli::parse();
+    mesh_ca::cli::init_tracing();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mesh-ca: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(mesh_ca::cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-ca: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,112 @@
+use super::*;
+
+fn id(sa: &str) -> WorkloadIdentity {
+    WorkloadIdentity::new("cluster.local", "default", sa).unwrap()
+}
+
+fn csr_with(sans: Vec<rcgen::SanType>, alg: &'static rcgen::SignatureAlgorithm) -> String {
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = sans;
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[test]
+fn accepts_no_san_and_own_identity() {
+    let (_, pem) = new_workload_csr(None).unwrap();
+    assert!(check_csr(&pem, &id("web")).is_ok());
+    let (_, pem) = new_workload_csr(Some(&id("web"))).unwrap();
+    let c = check_csr(&pem, &id("web")).unwrap();
+    assert!(!c.spki_der.is_empty());
+}
+
+#[test]
+fn refuses_other_identity_dns_ip_and_two_uris() {
+    let (_, pem) = new_workload_csr(Some(&id("admin"))).unwrap();
+    assert!(matches!(
+        check_csr(&pem, &id("web")),
+        Err(CsrError::IdentityMismatch { .. })
+    ));
+    let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+    let dns = csr_with(vec![rcgen::SanType::DnsName("web".try_into().unwrap())], alg);
+    assert!(matches!(
+        check_csr(&dns, &id("web")),
+        Err(CsrError::IdentityMismatch { .. })
+    ));
+    let ip = csr_with(vec![rcgen::SanType::IpAddress([10, 0, 0, 1].into())], alg);
+    assert!(matches!(
+        check_csr(&ip, &id("web")),
+        Err(CsrError::IdentityMismatch { .. })
+    ));
+    let uri = |s: &str| rcgen::SanType::URI(s.try_into().unwrap());
+    let me = id("web").uri();
+    let two = csr_with(vec![uri(&me), uri(&me)], alg);
+    assert!(matches!(
+        check_csr(&two, &id("web")),
+        Err(CsrError::IdentityMismatch { .. })
+    ));
+}
+
+#[test]
+fn refuses_other_key_types() {
+    let p384 = csr_with(vec![], &rcgen::PKCS_ECDSA_P384_SHA384);
+    assert!(matches!(
+        check_csr(&p384, &id("web")),
+        Err(CsrError::UnsupportedKey(_))
+    ));
+    let ed = csr_with(vec![], &rcgen::PKCS_ED25519);
+    assert!(matches!(
+        check_csr(&ed, &id("web")),
+        Err(CsrError::UnsupportedKey(_))
+    ));
+}
+
+#[test]
+fn refuses_garbage_and_tampering() {
+    for bad in [
+        "",
+        "hello",
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        "-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n",
+    ] {
+        assert!(
+            matches!(check_csr(bad, &id("web")), Err(CsrError::Invalid(_))),
+            "{bad:?}"
+        );
+    }
+    // A certificate is not a CSR.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::default()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    assert!(matches!(
+        check_csr(&cert, &id("web")),
+        Err(CsrError::Invalid(_))
+    ));
+    // Two CSRs in one field.
+    let (_, a) = new_workload_csr(None).unwrap();
+    assert!(matches!(
+        check_csr(&format!("{a}{a}"), &id("web")),
+        Err(CsrError::Invalid(_))
+    ));
+    // Flip a byte of the signature: parse may succeed, verification must not.
+    let der = single_pem_block(&a, "CERTIFICATE REQUEST").unwrap();
+    let mut bad = der.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x55;
+    let pem = x509_pem("CERTIFICATE REQUEST", &bad);
+    assert!(matches!(
+        check_csr(&pem, &id("web")),
+        Err(CsrError::Invalid(_))
+    ));
+    // Every truncation is refused, none panics.
+    for cut in 0..der.len() {
+        let pem = x509_pem("CERTIFICATE REQUEST", &der[..cut]);
+        assert!(check_csr(&pem, &id("web")).is_err());
+    }
+}
+
+fn x509_pem(label: &str, der: &[u8]) -> String {
+    crate::authority::pem_encode(label, der)
+}
