@@ -27,7 +27,7 @@ pub struct ServiceAccountRef {
 }
 
 /// Why a token was not accepted.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     /// No `authorization: Bearer <token>` metadata.
     #[error("missing bearer token (send `authorization: Bearer <ServiceAccount token>`)")]

@@ -389,3 +389,6 @@ pub async fn serve(
 pub fn is_retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::ResourceExhausted)
 }
+
+#[cfg(test)]
+mod tests;
