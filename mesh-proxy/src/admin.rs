@@ -56,7 +56,7 @@ async fn config_dump(State(s): State<Arc<Shared>>) -> impl IntoResponse {
             serde_json::json!({
                 "address": e.addr.to_string(),
                 "pod": e.pod,
-                "identity": e.identity,
+                "identity": e.identity.as_deref(),
                 "inFlight": e.in_flight(),
                 "latencyEstimateMs": e.latency_estimate().map(|d| d.as_secs_f64() * 1000.0),
                 "requests": e.requests.load(Ordering::Relaxed),

@@ -62,7 +62,7 @@ pub enum HashKey {
 pub struct Endpoint {
     pub addr: SocketAddr,
     /// SPIFFE ID the endpoint must present, if meshed.
-    pub identity: Option<String>,
+    pub identity: Option<Arc<str>>,
     /// Pod name, for logs and metrics.
     pub pod: String,
     /// Workload name for metrics (the `app` label, else the pod name).

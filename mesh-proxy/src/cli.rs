@@ -92,9 +92,89 @@ pub struct RunArgs {
     #[arg(long, env = "MESH_ACCESS_LOG")]
     pub access_log: bool,
 
+    /// Workload certificate chain (PEM, leaf first) for mesh mTLS, when not
+    /// using the CA (e.g. a gateway with a mounted Secret). Needs
+    /// --identity-key and --trust-bundle.
+    #[arg(long, env = "MESH_IDENTITY_CERT", requires_all = ["identity_key", "trust_bundle"])]
+    pub identity_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --identity-cert.
+    #[arg(long, env = "MESH_IDENTITY_KEY")]
+    pub identity_key: Option<PathBuf>,
+
+    /// Trust bundle (PEM roots) for --identity-cert.
+    #[arg(long, env = "MESH_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+
+    /// mesh-ca address; when set, the proxy makes its key in memory and gets
+    /// its certificate from the CA, renewing at half-life.
+    #[arg(long, env = "MESH_CA_ADDR")]
+    pub ca_addr: Option<String>,
+
+    /// PEM roots the CA's serving certificate chains to (the `mesh-root-ca`
+    /// ConfigMap in a pod).
+    #[arg(
+        long,
+        env = "MESH_CA_ROOT",
+        default_value = "/var/run/mesh/root-ca/root-cert.pem"
+    )]
+    pub ca_root: PathBuf,
+
+    /// TLS name of the CA's serving certificate.
+    #[arg(
+        long,
+        env = "MESH_CA_SERVER_NAME",
+        default_value = "mesh-ca.mesh-system.svc"
+    )]
+    pub ca_server_name: String,
+
+    /// Token that proves this workload's ServiceAccount to the CA (the
+    /// projected token with audience mesh-ca, or a local-mode bootstrap token).
+    #[arg(
+        long,
+        env = "MESH_CA_TOKEN_FILE",
+        default_value = "/var/run/secrets/mesh/tokens/mesh-ca-token"
+    )]
+    pub ca_token_file: PathBuf,
+
+    /// Trust domain of the mesh.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh_api::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// ServiceAccount of this workload.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+
+    /// Requested certificate lifetime.
+    #[arg(long, env = "MESH_IDENTITY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub identity_ttl: Duration,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     pub log: String,
+}
+
+impl RunArgs {
+    /// The CA client settings, when --ca-addr is set.
+    pub fn ca_client_config(&self) -> anyhow::Result<Option<crate::identity::CaClientConfig>> {
+        let Some(addr) = &self.ca_addr else {
+            return Ok(None);
+        };
+        let id = mesh_api::WorkloadIdentity::new(
+            &self.trust_domain,
+            &self.namespace,
+            &self.service_account,
+        )
+        .map_err(|e| anyhow::anyhow!("workload identity: {e}"))?;
+        Ok(Some(crate::identity::CaClientConfig {
+            ca_addr: addr.clone(),
+            ca_server_name: self.ca_server_name.clone(),
+            ca_root: self.ca_root.clone(),
+            token_file: self.ca_token_file.clone(),
+            identity: id.uri(),
+            ttl: self.identity_ttl,
+        }))
+    }
 }
 
 /// An explicit outbound listener: a local address that stands for one service port.

@@ -23,6 +23,12 @@ use crate::Shared;
 
 /// Response header that says why the proxy answered instead of the upstream.
 pub const ERROR_HEADER: &str = "x-mesh-error";
+/// Set by the client proxy when an HTTP/1 request travels as HTTP/2 between
+/// proxies, so the server proxy gives the app HTTP/1 again.
+pub const ORIG_PROTO: &str = "x-mesh-orig-proto";
+/// The caller's identity, for the app (Envoy's XFCC format:
+/// `By=<this workload>;URI=<caller>`).
+pub const XFCC: &str = "x-forwarded-client-cert";
 
 /// Whether traffic arrives from the local app or goes to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +61,8 @@ pub struct ConnInfo {
     pub target: Target,
     pub client: SocketAddr,
     pub direction: Direction,
+    /// The caller's SPIFFE ID, for connections that arrived over mesh mTLS.
+    pub peer: Option<Arc<str>>,
 }
 
 /// Headers that describe one hop's connection and never cross the proxy.
@@ -161,16 +169,7 @@ pub async fn handle(
             (out.response, name.to_string(), out.workload, out.upstream)
         }
         Target::Local { addr } => {
-            let resp = forward(
-                &shared,
-                *addr,
-                req,
-                UpstreamProtocol::Http1,
-                None,
-                grpc,
-                None,
-            )
-            .await;
+            let resp = inbound(&shared, &state, &conn, *addr, req, grpc).await;
             (
                 resp,
                 shared.local.workload.clone(),
@@ -184,15 +183,25 @@ pub async fn handle(
 
     let elapsed = started.elapsed();
     let code = resp.status().as_u16().to_string();
+    // Inbound, the source is the caller's identity (namespace and
+    // ServiceAccount) when it came over mTLS.
+    let (src_ns, src_sa) = conn
+        .peer
+        .as_deref()
+        .and_then(|p| {
+            let id: mesh_api::WorkloadIdentity = p.parse().ok()?;
+            Some((id.namespace, id.service_account))
+        })
+        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
     let labels = [
         conn.direction.as_str(),
         match conn.direction {
             Direction::Outbound => shared.local.workload.as_str(),
-            Direction::Inbound => "unknown",
+            Direction::Inbound => src_sa.as_str(),
         },
         match conn.direction {
             Direction::Outbound => shared.local.namespace.as_str(),
-            Direction::Inbound => "unknown",
+            Direction::Inbound => src_ns.as_str(),
         },
         dest_service.as_str(),
         dest_workload.as_str(),
@@ -323,6 +332,12 @@ async fn outbound(
         }
         _ => UpstreamProtocol::Http1,
     };
+    req.headers_mut().remove(ORIG_PROTO);
+    if endpoint.identity.is_some() && upstream_proto == UpstreamProtocol::Http1 {
+        // Between proxies everything is HTTP/2; remember what the app spoke.
+        req.headers_mut()
+            .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+    }
     let inflight = endpoint.start();
     let timeout = route.and_then(|r| r.timeout);
     tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, "routing request");
@@ -331,6 +346,7 @@ async fn outbound(
         endpoint.addr,
         req,
         upstream_proto,
+        endpoint.identity.as_ref(),
         Some(inflight),
         grpc,
         timeout,
@@ -343,12 +359,91 @@ async fn outbound(
     }
 }
 
+/// Checks and forwards a request for the local app.
+async fn inbound(
+    shared: &Arc<Shared>,
+    state: &MeshState,
+    conn: &ConnInfo,
+    app: SocketAddr,
+    mut req: Request<Incoming>,
+    grpc: bool,
+) -> Response<ProxyBody> {
+    // Authorization and the app must see the same path: normalize first,
+    // then decide, then forward the normalized path.
+    let path = match crate::authz::normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => {
+            return local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad-path",
+                format!("mesh-proxy: {e}"),
+                grpc,
+            )
+        }
+    };
+    let host = req.uri().host().map(str::to_string).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string())
+    });
+    let policies = state
+        .config
+        .inbound
+        .as_ref()
+        .map(|p| p.authorization.as_slice())
+        .unwrap_or(&[]);
+    let subject = crate::authz::Subject {
+        principal: conn.peer.as_deref(),
+        path: Some(&path),
+        method: Some(req.method().as_str()),
+        host: host.as_deref(),
+        port: app.port(),
+    };
+    if let crate::authz::Decision::Deny(why) = crate::authz::authorize(policies, &subject) {
+        return local_reply(
+            StatusCode::FORBIDDEN,
+            "rbac",
+            format!("mesh-proxy: RBAC: access denied ({why})"),
+            grpc,
+        );
+    }
+    if path != req.uri().path() {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = pq.parse().ok();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    let h = req.headers_mut();
+    // Only the proxy may say who called: never trust these from the wire.
+    h.remove(XFCC);
+    let orig_h1 = h.remove(ORIG_PROTO).is_some() && conn.peer.is_some();
+    if let (Some(peer), Some(me)) = (&conn.peer, shared.tls.identity()) {
+        if let Ok(v) = HeaderValue::from_str(&format!("By={me};URI={peer}")) {
+            h.insert(XFCC, v);
+        }
+    }
+    let proto = if orig_h1 || req.version() != Version::HTTP_2 {
+        UpstreamProtocol::Http1
+    } else {
+        UpstreamProtocol::Http2
+    };
+    forward(shared, app, req, proto, None, None, grpc, None).await
+}
+
 /// Sends the request to `addr` and streams the response back.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     req: Request<Incoming>,
     proto: UpstreamProtocol,
+    peer_identity: Option<&Arc<str>>,
     inflight: Option<crate::balance::InFlight>,
     grpc: bool,
     timeout: Option<std::time::Duration>,
@@ -391,7 +486,7 @@ async fn forward(
         }
     }
     let upstream_req = Request::from_parts(parts, body::boxed(body));
-    let send = shared.pool.send(addr, proto, upstream_req);
+    let send = shared.pool.send(addr, proto, peer_identity, upstream_req);
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
@@ -423,6 +518,7 @@ async fn forward(
                 UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
                     (StatusCode::SERVICE_UNAVAILABLE, "upstream-connect")
                 }
+                UpstreamError::Tls { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream-tls"),
                 UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
             };
             tracing::debug!(%addr, "upstream failed: {e}");

@@ -11,12 +11,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod cli;
 pub mod detect;
 pub mod h1_guard;
 pub mod http_proxy;
+pub mod identity;
+pub mod inbound;
 pub mod init;
 pub mod io;
 pub mod metrics;
@@ -25,6 +28,9 @@ pub mod pool;
 pub mod routing;
 pub mod tcp;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testca;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -71,6 +77,7 @@ pub struct Shared {
     pub state: ArcSwap<MeshState>,
     pub metrics: metrics::Metrics,
     pub pool: pool::Pool,
+    pub tls: Arc<tls::MeshTls>,
     pub local: LocalWorkload,
     pub access_log: bool,
     pub ready: AtomicBool,
@@ -148,10 +155,22 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         Some(path) => Some(load_file(path)?),
         None => None,
     };
+    let mesh_tls = Arc::new(tls::MeshTls::default());
+    if let (Some(cert), Some(key), Some(bundle)) =
+        (&args.identity_cert, &args.identity_key, &args.trust_bundle)
+    {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let material = tls::TlsMaterial::from_pem(&read(cert)?, &read(key)?, &read(bundle)?)
+            .map_err(|e| anyhow::anyhow!("workload certificate {}: {e}", cert.display()))?;
+        mesh_tls.set(material)?;
+    }
     let shared = Arc::new(Shared {
         state: ArcSwap::from_pointee(MeshState::empty()),
         metrics: metrics::Metrics::new(),
-        pool: pool::Pool::default(),
+        pool: pool::Pool::new(pool::DEFAULT_CONNECT_TIMEOUT, mesh_tls.clone()),
+        tls: mesh_tls,
         local: LocalWorkload {
             workload: args.workload.clone(),
             namespace: args.namespace.clone(),
@@ -247,6 +266,22 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
     }
     if let Some(path) = args.config.clone() {
         tokio::spawn(watch_file(path, shared.clone(), shutdown.clone()));
+    }
+    if let Some(e) = shared.tls.expiry_unix() {
+        shared.metrics.identity_expiry.set(e);
+    }
+    if let Some(ca) = args.ca_client_config()? {
+        let shared2 = shared.clone();
+        tokio::spawn(identity::run(
+            ca,
+            shared.tls.clone(),
+            move |tls| {
+                if let Some(e) = tls.expiry_unix() {
+                    shared2.metrics.identity_expiry.set(e);
+                }
+            },
+            stopped.clone(),
+        ));
     }
 
     let drain_timeout = args.drain_timeout;
@@ -395,15 +430,20 @@ async fn serve_connection(
 ) -> std::io::Result<()> {
     let local = stream.local_addr()?;
     let state = shared.state.load_full();
-    let (direction, target, passthrough) = match kind {
-        Listener::Explicit { service, port } => (
-            Direction::Outbound,
-            Target::Service {
-                name: service,
-                port,
-            },
-            None,
-        ),
+    let target = match kind {
+        Listener::Inbound { forward } => {
+            drop(state);
+            let dst = io::original_dst(&stream).ok().filter(|d| *d != local);
+            let Some(dst) = dst.or(forward) else {
+                tracing::debug!(%client, "inbound connection with no destination; closing");
+                return Ok(());
+            };
+            return inbound::serve(shared, stream, client, dst, stop).await;
+        }
+        Listener::Explicit { service, port } => Target::Service {
+            name: service,
+            port,
+        },
         Listener::Outbound => {
             let dst = io::original_dst(&stream).unwrap_or(local);
             if dst == local {
@@ -413,58 +453,38 @@ async fn serve_connection(
                 return Ok(());
             }
             match state.service_by_addr(dst) {
-                Some(idx) => (
-                    Direction::Outbound,
-                    Target::Service {
-                        name: state.service(idx).name.as_str().into(),
-                        port: dst.port(),
-                    },
-                    None,
-                ),
-                None => (Direction::Outbound, Target::Local { addr: dst }, Some(dst)),
-            }
-        }
-        Listener::Inbound { forward } => {
-            let dst = io::original_dst(&stream).ok().filter(|d| *d != local);
-            match dst.or(forward) {
-                Some(addr) => (Direction::Inbound, Target::Local { addr }, None),
+                Some(idx) => Target::Service {
+                    name: state.service(idx).name.as_str().into(),
+                    port: dst.port(),
+                },
                 None => {
-                    tracing::debug!(%client, "inbound connection with no destination; closing");
-                    return Ok(());
+                    // Unknown destinations pass through untouched, as plain TCP.
+                    let name = dst.ip().to_string();
+                    return tcp::proxy(
+                        &shared,
+                        stream,
+                        Default::default(),
+                        dst,
+                        None,
+                        pool::DEFAULT_CONNECT_TIMEOUT,
+                        tcp::TcpLabels {
+                            direction: Direction::Outbound.as_str(),
+                            destination_service: &name,
+                            destination_workload: "unknown",
+                        },
+                    )
+                    .await;
                 }
             }
         }
     };
-
-    // Unknown outbound destinations pass through untouched, as plain TCP.
-    if let Some(dst) = passthrough {
-        let name = dst.ip().to_string();
-        return tcp::proxy(
-            &shared,
-            stream,
-            Default::default(),
-            dst,
-            pool::DEFAULT_CONNECT_TIMEOUT,
-            tcp::TcpLabels {
-                direction: direction.as_str(),
-                destination_service: &name,
-                destination_workload: "unknown",
-            },
-        )
-        .await;
-    }
-
-    let port = match &target {
-        Target::Service { port, .. } => *port,
-        Target::Local { addr } => addr.port(),
+    let Target::Service { name, port } = &target else {
+        unreachable!("outbound targets are services")
     };
-    let declared = match &target {
-        Target::Service { name, port } => state
-            .service_by_name(name)
-            .and_then(|i| state.service(i).protocol(*port)),
-        Target::Local { .. } => None,
-    };
-    let opaque = state.settings.opaque_ports.contains(&port)
+    let declared = state
+        .service_by_name(name)
+        .and_then(|i| state.service(i).protocol(*port));
+    let opaque = state.settings.opaque_ports.contains(port)
         || matches!(declared, Some(model::Protocol::Tcp | model::Protocol::Tls));
     let (proto, prefix) = if opaque {
         (detect::Protocol::Opaque, Default::default())
@@ -472,111 +492,112 @@ async fn serve_connection(
         detect::detect(&mut stream, state.settings.detect_timeout).await?
     };
     drop(state);
-
     let info = Arc::new(ConnInfo {
         target,
         client,
-        direction,
+        direction: Direction::Outbound,
+        peer: None,
     });
+    let io = io::PrefixedIo::new(prefix, stream);
     match proto {
-        detect::Protocol::Http1 => {
-            let shared2 = shared.clone();
-            let io =
-                h1_guard::GuardedIo::new(io::PrefixedIo::new(prefix, stream)).on_reject(move |r| {
-                    shared2
-                        .metrics
-                        .refused
-                        .with_label_values(&[direction.as_str(), &r.status.to_string()])
-                        .inc();
-                });
-            let svc = {
-                let shared = shared.clone();
-                let info = info.clone();
-                service_fn(move |req| {
-                    let shared = shared.clone();
-                    let info = info.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            http_proxy::handle(shared, info, req).await,
-                        )
-                    }
-                })
-            };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(h1_guard::MAX_HEAD_BYTES * 2)
-                .serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r.map_err(std::io::Error::other),
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await.map_err(std::io::Error::other)
-                }
-            }
-        }
-        detect::Protocol::Http2 => {
-            let svc = {
-                let shared = shared.clone();
-                let info = info.clone();
-                service_fn(move |req| {
-                    let shared = shared.clone();
-                    let info = info.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            http_proxy::handle(shared, info, req).await,
-                        )
-                    }
-                })
-            };
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-                .max_header_list_size(h1_guard::MAX_HEAD_BYTES as u32)
-                .initial_stream_window_size(1024 * 1024)
-                .initial_connection_window_size(4 * 1024 * 1024)
-                .serve_connection(TokioIo::new(io::PrefixedIo::new(prefix, stream)), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r.map_err(std::io::Error::other),
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await.map_err(std::io::Error::other)
-                }
-            }
-        }
+        detect::Protocol::Http1 => serve_http1(shared, io, info, stop).await,
+        detect::Protocol::Http2 => serve_http2(shared, io, info, stop).await,
         detect::Protocol::Tls | detect::Protocol::Opaque => {
-            let (upstream, service, workload) = match &info.target {
-                Target::Local { addr } => (
-                    *addr,
-                    shared.local.workload.clone(),
-                    shared.local.workload.clone(),
-                ),
-                Target::Service { name, port } => {
-                    let state = shared.state.load_full();
-                    match pick_tcp_endpoint(&state, name, *port, client) {
-                        Some((a, w)) => (a, name.to_string(), w),
-                        None => {
-                            tracing::debug!(service = %name, port, "no endpoint for TCP connection");
-                            return Ok(());
-                        }
-                    }
-                }
+            let Target::Service { name, port } = &info.target else {
+                unreachable!()
             };
+            let picked = pick_tcp_endpoint(&shared.state.load_full(), name, *port, client);
+            let Some((upstream, workload, identity)) = picked else {
+                tracing::debug!(service = %name, port, "no endpoint for TCP connection");
+                return Ok(());
+            };
+            let (prefix, stream) = io.into_parts();
             tcp::proxy(
                 &shared,
                 stream,
                 prefix,
                 upstream,
+                identity.as_deref(),
                 pool::DEFAULT_CONNECT_TIMEOUT,
                 tcp::TcpLabels {
-                    direction: direction.as_str(),
-                    destination_service: &service,
+                    direction: Direction::Outbound.as_str(),
+                    destination_service: name,
                     destination_workload: &workload,
                 },
             )
             .await
+        }
+    }
+}
+
+/// Serves HTTP/1 on `io` (after the smuggling guard) until it closes or the
+/// proxy drains.
+pub(crate) async fn serve_http1<I>(
+    shared: Arc<Shared>,
+    io: I,
+    info: Arc<ConnInfo>,
+    stop: CancellationToken,
+) -> std::io::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let direction = info.direction;
+    let shared2 = shared.clone();
+    let io = h1_guard::GuardedIo::new(io).on_reject(move |r| {
+        shared2
+            .metrics
+            .refused
+            .with_label_values(&[direction.as_str(), &r.status.to_string()])
+            .inc();
+    });
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(h1_guard::MAX_HEAD_BYTES * 2)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r.map_err(std::io::Error::other),
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await.map_err(std::io::Error::other)
+        }
+    }
+}
+
+/// Serves HTTP/2 on `io` until it closes or the proxy drains.
+pub(crate) async fn serve_http2<I>(
+    shared: Arc<Shared>,
+    io: I,
+    info: Arc<ConnInfo>,
+    stop: CancellationToken,
+) -> std::io::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(h1_guard::MAX_HEAD_BYTES as u32)
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r.map_err(std::io::Error::other),
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await.map_err(std::io::Error::other)
         }
     }
 }
@@ -588,7 +609,7 @@ fn pick_tcp_endpoint(
     name: &str,
     port: u16,
     client: SocketAddr,
-) -> Option<(SocketAddr, String)> {
+) -> Option<(SocketAddr, String, Option<Arc<str>>)> {
     let idx = state.service_by_name(name)?;
     let svc = state.service(idx);
     let (dest, subset, dport) = match svc
@@ -609,5 +630,5 @@ fn pick_tcp_endpoint(
         source_ip: Some(client.ip()),
     };
     let ep = state.backend(dest, subset, dport)?.pick(&ctx, |_| true)?;
-    Some((ep.addr, ep.workload.clone()))
+    Some((ep.addr, ep.workload.clone(), ep.identity.clone()))
 }

@@ -450,7 +450,7 @@ fn endpoint_state(
     previous: Option<&MeshState>,
 ) -> Arc<Endpoint> {
     let labels: BTreeMap<String, String> = ep.labels.clone().into_iter().collect();
-    let identity = (!ep.identity.is_empty()).then(|| ep.identity.clone());
+    let identity: Option<Arc<str>> = (!ep.identity.is_empty()).then(|| ep.identity.as_str().into());
     if let Some(prev) = previous.and_then(|p| p.endpoints.get(&addr)) {
         if prev.labels == labels && prev.identity == identity && prev.pod == ep.pod {
             return prev.clone();

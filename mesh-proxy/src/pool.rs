@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
+use crate::tls::{MeshTls, ALPN_H2};
 
 /// How long a TCP connect to an endpoint may take before the request fails.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -42,6 +43,8 @@ pub enum UpstreamError {
     },
     #[error("upstream connect timeout to {addr} after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("mTLS to {addr} failed: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
     #[error("upstream {addr} failed: {source}")]
     Http {
         addr: SocketAddr,
@@ -53,7 +56,10 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether the request never reached the endpoint (safe to retry anywhere).
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
+        matches!(
+            self,
+            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Tls { .. }
+        )
     }
 }
 
@@ -63,69 +69,88 @@ struct EndpointConns {
     h1_idle: Mutex<Vec<http1::SendRequest<ProxyBody>>>,
 }
 
+/// Connections are shared per endpoint address and expected peer identity
+/// (`None`: plaintext).
+type PoolKey = (SocketAddr, Option<Arc<str>>);
+
 /// Connection pool over every endpoint this proxy talks to.
 #[derive(Clone)]
 pub struct Pool {
-    conns: Arc<Mutex<HashMap<SocketAddr, Arc<EndpointConns>>>>,
+    conns: Arc<Mutex<HashMap<PoolKey, Arc<EndpointConns>>>>,
     connect_timeout: Duration,
-}
-
-impl Default for Pool {
-    fn default() -> Self {
-        Self::new(DEFAULT_CONNECT_TIMEOUT)
-    }
+    tls: Arc<MeshTls>,
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, tls: Arc<MeshTls>) -> Self {
         Self {
             conns: Default::default(),
             connect_timeout,
+            tls,
         }
     }
 
-    fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointConns> {
+    fn endpoint(&self, key: PoolKey) -> Arc<EndpointConns> {
         let mut map = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(addr).or_default().clone()
+        map.entry(key).or_default().clone()
     }
 
     /// Forgets connections to endpoints that are no longer configured.
     pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
         let mut map = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|a, _| keep(a));
+        map.retain(|(a, _), _| keep(a));
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout {
-                addr,
-                timeout: self.connect_timeout,
-            })?
-            .map_err(|source| UpstreamError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(TokioIo::new(connect_tcp(addr, self.connect_timeout).await?))
     }
 
     /// Sends one request to `addr` over a pooled connection. Also returns
     /// when the request was handed to a ready connection, so that latency
     /// samples measure the endpoint, not our connection set-up.
+    ///
+    /// With `peer_identity`, the connection is mesh mTLS (always HTTP/2) and
+    /// the endpoint must prove that identity.
     pub async fn send(
         &self,
         addr: SocketAddr,
         proto: UpstreamProtocol,
+        peer_identity: Option<&Arc<str>>,
         req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
-        let conns = self.endpoint(addr);
-        match proto {
-            UpstreamProtocol::Http2 => self.send_h2(addr, &conns, req).await,
-            UpstreamProtocol::Http1 => self.send_h1(addr, conns, req).await,
+        let conns = self.endpoint((addr, peer_identity.cloned()));
+        match (peer_identity, proto) {
+            (Some(id), _) => self.send_h2(addr, Some(id), &conns, req).await,
+            (None, UpstreamProtocol::Http2) => self.send_h2(addr, None, &conns, req).await,
+            (None, UpstreamProtocol::Http1) => self.send_h1(addr, conns, req).await,
         }
+    }
+
+    async fn h2_handshake<I>(
+        addr: SocketAddr,
+        io: I,
+    ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONN_WINDOW)
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Http { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, "upstream h2 connection ended: {e}");
+            }
+        });
+        Ok(sender)
     }
 
     async fn send_h2(
         &self,
         addr: SocketAddr,
+        peer_identity: Option<&Arc<str>>,
         conns: &EndpointConns,
         req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
@@ -134,18 +159,14 @@ impl Pool {
             match slot.as_ref() {
                 Some(s) if !s.is_closed() => s.clone(),
                 _ => {
-                    let io = self.connect(addr).await?;
-                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                        .initial_stream_window_size(H2_STREAM_WINDOW)
-                        .initial_connection_window_size(H2_CONN_WINDOW)
-                        .handshake(io)
-                        .await
-                        .map_err(|source| UpstreamError::Http { addr, source })?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%addr, "upstream h2 connection ended: {e}");
+                    let sender = match peer_identity {
+                        None => Self::h2_handshake(addr, self.connect(addr).await?).await?,
+                        Some(id) => {
+                            let tcp = connect_tcp(addr, self.connect_timeout).await?;
+                            let tls = connect_mesh_tls(&self.tls, addr, id, ALPN_H2, tcp).await?;
+                            Self::h2_handshake(addr, TokioIo::new(tls)).await?
                         }
-                    });
+                    };
                     *slot = Some(sender.clone());
                     sender
                 }
@@ -229,4 +250,38 @@ impl Pool {
             }
         });
     }
+}
+
+/// Opens a TCP connection with a timeout and TCP_NODELAY.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout { addr, timeout })?
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Runs the mesh mTLS handshake on `tcp`, requiring the peer to be `identity`.
+pub async fn connect_mesh_tls(
+    tls: &MeshTls,
+    addr: SocketAddr,
+    identity: &str,
+    alpn: &'static [u8],
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    let config = tls
+        .client_config(identity, alpn)
+        .ok_or_else(|| UpstreamError::Tls {
+            addr,
+            reason: "this proxy has no workload certificate yet".into(),
+        })?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| UpstreamError::Tls {
+            addr,
+            reason: e.to_string(),
+        })
 }

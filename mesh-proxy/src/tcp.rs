@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::Shared;
 
@@ -21,16 +20,46 @@ pub struct TcpLabels<'a> {
 /// detection) and copies both ways until both sides are done. When one side
 /// half-closes, the other side's write half is shut down and the remaining
 /// direction keeps flowing.
+///
+/// With `peer_identity` the upstream leg is mesh mTLS (ALPN `mesh-tcp`) and
+/// the endpoint must prove that identity.
 pub async fn proxy<I>(
     shared: &Arc<Shared>,
-    mut downstream: I,
+    downstream: I,
     prefix: BytesMut,
     upstream: SocketAddr,
+    peer_identity: Option<&str>,
     connect_timeout: Duration,
     labels: TcpLabels<'_>,
 ) -> std::io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
+{
+    let tcp = crate::pool::connect_tcp(upstream, connect_timeout)
+        .await
+        .map_err(std::io::Error::other)?;
+    match peer_identity {
+        None => copy(shared, downstream, prefix, tcp, labels).await,
+        Some(id) => {
+            let tls =
+                crate::pool::connect_mesh_tls(&shared.tls, upstream, id, crate::tls::ALPN_TCP, tcp)
+                    .await
+                    .map_err(std::io::Error::other)?;
+            copy(shared, downstream, prefix, tls, labels).await
+        }
+    }
+}
+
+async fn copy<I, U>(
+    shared: &Arc<Shared>,
+    mut downstream: I,
+    prefix: BytesMut,
+    mut up: U,
+    labels: TcpLabels<'_>,
+) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
     let values = [
         labels.direction,
@@ -40,20 +69,6 @@ where
         labels.destination_workload,
     ];
     let m = &shared.metrics;
-    let mut up = match tokio::time::timeout(connect_timeout, TcpStream::connect(upstream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%upstream, "tcp connect failed: {e}");
-            return Err(e);
-        }
-        Err(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connect to {upstream} timed out"),
-            ))
-        }
-    };
-    let _ = up.set_nodelay(true);
     m.tcp_opened.with_label_values(&values).inc();
     let result = async {
         up.write_all(&prefix).await?;

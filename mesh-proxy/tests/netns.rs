@@ -117,7 +117,10 @@ fn setup() -> Topology {
     };
     let hub = t.ns("h");
     for n in ["c", "h", "s1", "s2", "s3"] {
-        let _ = Command::new("ip").args(["netns", "del", &t.ns(n)]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &t.ns(n)])
+            .stderr(Stdio::null())
+            .status();
         sh(&["ip", "netns", "add", &t.ns(n)]);
         in_ns(&t.ns(n), &["ip", "link", "set", "lo", "up"]);
     }

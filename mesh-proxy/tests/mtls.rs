@@ -1,0 +1,262 @@
+//! Mutual TLS between two proxies on loopback: identities, trust, STRICT and
+//! PERMISSIVE, and authorization that path tricks cannot bypass.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proxy::testca::TestCa;
+use mesh_proxy::tls::TlsMaterial;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVER_ID: &str = "spiffe://cluster.local/ns/server/sa/web";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/client/sa/frontend";
+
+/// An app that answers with the path it got and the caller identity header.
+async fn app() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let xfcc = req
+                        .headers()
+                        .get("x-forwarded-client-cert")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_string();
+                    let body = format!("{} {:?} {}", req.uri().path(), req.version(), xfcc);
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn server_config(mode: &str) -> String {
+    format!(
+        r#"
+inbound:
+  mode: {mode}
+  authorization:
+    - name: server/deny-admin
+      action: DENY
+      rules: [{{paths: ["/admin", "/admin/*"]}}]
+"#
+    )
+}
+
+struct Pair {
+    client: TestProxy,
+    server: TestProxy,
+}
+
+async fn pair(ca: &TestCa, expected_server_id: &str, mode: &str) -> Pair {
+    let app = app().await;
+    let server = start_proxy(
+        &server_config(mode),
+        &[],
+        &[
+            "--inbound-addr",
+            "127.0.0.1:0",
+            "--inbound-forward",
+            &app.to_string(),
+        ],
+    )
+    .await;
+    let (chain, key) = ca.issue(SERVER_ID);
+    server
+        .running
+        .shared
+        .tls
+        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
+        .unwrap();
+    let inbound = server.running.inbound_addr.unwrap();
+    let client = start_proxy(
+        &format!(
+            r#"
+services:
+  - name: web.server.svc.cluster.local
+    ports: [{{port: 80, protocol: HTTP1}}]
+    endpoints:
+      - {{address: "127.0.0.1", ports: {{"80": {}}}, identity: "{expected_server_id}"}}
+"#,
+            inbound.port()
+        ),
+        &["web.server.svc.cluster.local:80"],
+        &[],
+    )
+    .await;
+    let (chain, key) = ca.issue(CLIENT_ID);
+    client
+        .running
+        .shared
+        .tls
+        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
+        .unwrap();
+    Pair { client, server }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_request_carries_the_callers_identity() {
+    let ca = TestCa::new("a");
+    let p = pair(&ca, SERVER_ID, "STRICT").await;
+    let (status, _, body) = get(p.client.listener(0), "/hello").await;
+    assert_eq!(status, 200, "{body}");
+    // HTTP/1.1 from the app, HTTP/2 between the proxies, HTTP/1.1 to the app.
+    assert!(body.starts_with("/hello HTTP/1.1 "), "{body}");
+    assert!(
+        body.ends_with(&format!("By={SERVER_ID};URI={CLIENT_ID}")),
+        "the app sees the caller's SPIFFE ID: {body}"
+    );
+    let metrics = scrape(p.server.running.metrics_addr).await;
+    assert!(
+        metrics.contains(
+            "direction=\"inbound\",source_namespace=\"client\",source_workload=\"frontend\""
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_identity_or_foreign_root_is_refused() {
+    let ca = TestCa::new("a");
+    // The endpoint must be "other"; the server proves "web": refused.
+    let p = pair(&ca, "spiffe://cluster.local/ns/server/sa/other", "STRICT").await;
+    let (status, head, body) = get(p.client.listener(0), "/").await;
+    assert_eq!(status, 503, "{head}{body}");
+    assert!(head.contains("x-mesh-error: upstream-tls"), "{head}");
+    assert!(body.contains("not the expected"), "{body}");
+
+    // A client with a certificate from another root cannot get in.
+    let foreign = TestCa::new("b");
+    let (chain, key) = foreign.issue(CLIENT_ID);
+    let m = TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap();
+    let tls = mesh_proxy::tls::MeshTls::default();
+    tls.set(m).unwrap();
+    let cfg = tls
+        .client_config(SERVER_ID, mesh_proxy::tls::ALPN_H2)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(p.server.running.inbound_addr.unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let result = async {
+        let mut s = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await?;
+        // TLS 1.3: the client may finish before the server rejects its
+        // certificate; the refusal shows on first use.
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed"));
+        }
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    assert!(
+        result.is_err(),
+        "a certificate from another root must be refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_refuses_plaintext_permissive_accepts_both() {
+    let ca = TestCa::new("a");
+    let p = pair(&ca, SERVER_ID, "STRICT").await;
+    let inbound = p.server.running.inbound_addr.unwrap();
+    let (status, head, _) = get(inbound, "/").await;
+    assert_eq!(status, 0, "STRICT: plaintext gets no answer: {head}");
+
+    std::fs::write(p.server.config_path(), server_config("PERMISSIVE")).unwrap();
+    let mut ok = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, _, body) = get(inbound, "/plain").await;
+        if status == 200 {
+            assert!(
+                body.ends_with(" -"),
+                "no identity for plaintext callers: {body}"
+            );
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "PERMISSIVE accepts plaintext");
+    let (status, _, body) = get(p.client.listener(0), "/tls").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(CLIENT_ID),
+        "PERMISSIVE still takes mTLS: {body}"
+    );
+    // A plaintext caller cannot forge the identity header.
+    let mut s = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    s.write_all(
+        format!("GET /x HTTP/1.1\r\nHost: web\r\nx-forwarded-client-cert: URI={CLIENT_ID}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.ends_with(" -"), "forged XFCC stripped: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_on_admin_is_not_bypassed_by_path_tricks() {
+    let ca = TestCa::new("a");
+    let p = pair(&ca, SERVER_ID, "STRICT").await;
+    let c = p.client.listener(0);
+    for path in [
+        "/admin",
+        "//admin",
+        "/./admin",
+        "/%61dmin",
+        "/x/../admin",
+        "/admin/",
+        "/ADMIN/../admin/x",
+    ] {
+        let (status, head, body) = get(c, path).await;
+        assert_eq!(status, 403, "{path}: {head}{body}");
+        assert!(body.contains("RBAC: access denied"), "{body}");
+    }
+    for path in ["/admin%2Fx", "/admin%5cx"] {
+        let (status, _, _) = get(c, path).await;
+        assert_eq!(status, 400, "{path} refused before authorization");
+    }
+    // What the app receives is the normalized path.
+    let (status, _, body) = get(c, "/a//b/./c/../d").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("/a/b/d "), "{body}");
+    let _ = Arc::new(());
+}
