@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Docker-less OCI image building (sourced by deploy/images/build and e2e/cluster/local-up).
 #
 # An image is a Debian bookworm minbase root filesystem (plus iptables and
@@ -27,7 +28,7 @@ base_layer() {
   _ilog "debootstrap bookworm minbase (+iptables, ca-certificates) into $root"
   debootstrap --variant=minbase --include=iptables,ca-certificates bookworm "$root" "$(_mirror)" \
     >"$BASE_DIR.tmp/debootstrap.log" 2>&1 || { tail -20 "$BASE_DIR.tmp/debootstrap.log" >&2; return 1; }
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/* "$root"/dev/*
+  rm -rf "${root:?}"/var/cache/apt/archives/*.deb "${root:?}"/var/lib/apt/lists/* "${root:?}"/var/log/* "${root:?}"/dev/*
   tar --numeric-owner --sort=name -C "$root" -cf "$BASE_DIR.tmp/layer.tar" .
   sha256sum "$BASE_DIR.tmp/layer.tar" | cut -d' ' -f1 >"$BASE_DIR.tmp/layer.sha256"
   rm -rf "$root"

@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # sourced: the variables are used by the scripts
 # Pinned versions of the local e2e cluster's components (sourced by the scripts).
 # Why these: docs/e2e-cluster.md.
 KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
@@ -12,7 +14,7 @@ MESH_E2E_CACHE="${MESH_E2E_CACHE:-$HOME/.cache/mesh-e2e}"
 MESH_E2E_STATE="${MESH_E2E_STATE:-/var/lib/mesh-e2e}"
 
 # Network layout (everything stays on this machine).
-NODE_IF="mesh-e2e0"            # dummy interface we create
+NODE_IF="mesh-e2e0"            # port-less bridge we create (this kernel has no dummy links)
 NODE_IP="10.250.0.1"           # node IP on that interface; the apiserver advertises it
 NODE_NAME="mesh-e2e-node"
 POD_CIDR="10.244.0.0/24"
