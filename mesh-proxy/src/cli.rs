@@ -233,6 +233,8 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             crate::telemetry::init_logging(&args.log);
+            // One crypto provider for every TLS user in the process (tonic, ours).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
