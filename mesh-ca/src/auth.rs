@@ -122,8 +122,7 @@ pub fn service_account_from_review(
         .as_ref()
         .and_then(|u| u.username.clone())
         .unwrap_or_default();
-    parse_service_account_username(&username)
-        .ok_or(AuthError::NotServiceAccount(username))
+    parse_service_account_username(&username).ok_or(AuthError::NotServiceAccount(username))
 }
 
 /// `system:serviceaccount:<ns>:<sa>` → its parts.
@@ -302,7 +301,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            t.authenticate("token-for-db-22").await.unwrap().service_account,
+            t.authenticate("token-for-db-22")
+                .await
+                .unwrap()
+                .service_account,
             "pg"
         );
         assert_eq!(

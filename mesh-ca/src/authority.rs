@@ -243,7 +243,8 @@ impl Authority {
             }
         }
         let left = self.signer.load().intermediate_not_after - OffsetDateTime::now_utc();
-        if left < time::Duration::try_from(INTERMEDIATE_RENEW_BEFORE).unwrap_or(time::Duration::ZERO)
+        if left
+            < time::Duration::try_from(INTERMEDIATE_RENEW_BEFORE).unwrap_or(time::Duration::ZERO)
         {
             let current = self.material();
             match renew_intermediate(&current)? {
@@ -553,9 +554,9 @@ fn material_from_plugin(
         )
     })?;
     let mut chain = split_pem_certs(chain_text)?;
-    let root = chain.pop().ok_or_else(|| {
-        AuthorityError::Invalid("plug-in chain holds no certificate".into())
-    })?;
+    let root = chain
+        .pop()
+        .ok_or_else(|| AuthorityError::Invalid("plug-in chain holds no certificate".into()))?;
     let mut bundle = existing
         .map(|e| e.trust_bundle_pem.clone())
         .unwrap_or_default();
@@ -695,8 +696,7 @@ pub fn same_cert(a: &str, b: &str) -> bool {
 
 /// PEM-encodes `der` under `label` (64-column base64).
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {
         let n = chunk.len();

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the CA: gRPC Sign over TLS, metrics, trust bundle publication.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Root rotation, one step at a time (see docs/ca.md): stage → wait →
     /// activate → wait → retire.
     Root {
@@ -69,11 +69,11 @@ pub enum RootStep {
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// Local mode: keep the CA in this directory (0600 files).
-    #[arg(long, value_name = "DIR", conflicts_with = "kube")]
+    #[arg(long, value_name = "DIR", conflicts_with = "kube", global = true)]
     pub local_dir: Option<PathBuf>,
     /// Kube mode: keep the CA in Secret mesh-ca in mesh-system (uses the
     /// in-cluster config or KUBECONFIG).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub kube: bool,
 }
 
@@ -163,7 +163,7 @@ fn read(path: &PathBuf) -> Result<String> {
 /// Runs the command.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => run_serve(args).await,
+        Command::Serve(args) => run_serve(*args).await,
         Command::Root { store, step } => run_root(&store, step).await,
     }
 }
@@ -177,10 +177,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     }
     let (store, client) = store_from(&args.store).await?;
     let authenticator: Arc<dyn TokenAuthenticator> = match (&client, &args.tokens_file) {
-        (Some(c), _) => Arc::new(KubeTokenReview::new(
-            c.clone(),
-            mesh_api::CA_TOKEN_AUDIENCE,
-        )),
+        (Some(c), _) => Arc::new(KubeTokenReview::new(c.clone(), mesh_api::CA_TOKEN_AUDIENCE)),
         (None, Some(f)) => Arc::new(StaticTokens::from_file(f)?),
         (None, None) => bail!("local mode needs --tokens-file (the bootstrap token file)"),
     };

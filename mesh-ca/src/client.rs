@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use mesh_proto::ca::v1::certificates_client::CertificatesClient;
-use mesh_proto::ca::v1::{SignRequest, SignResponse};
+pub use mesh_proto::ca::v1::{SignRequest, SignResponse};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+/// gRPC status codes, to match on [`ClientError::Status`].
+pub use tonic::Code;
 
 /// What went wrong talking to the CA.
 #[derive(Debug, thiserror::Error)]
@@ -67,4 +69,31 @@ pub async fn sign(
 ) -> Result<SignResponse, ClientError> {
     let channel = connect(endpoint, ca_bundle_pem).await?;
     sign_on(channel, token, csr_pem, ttl).await
+}
+
+/// The URI SANs (SPIFFE IDs) of a PEM certificate, e.g. of an issued leaf.
+pub fn uri_sans(cert_pem: &str) -> Result<Vec<String>, crate::authority::AuthorityError> {
+    use x509_parser::extensions::GeneralName;
+    let bad = |reason: String| crate::authority::AuthorityError::Parse {
+        what: "certificate".into(),
+        reason,
+    };
+    let der =
+        crate::csr::single_pem_block(cert_pem, "CERTIFICATE").map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(san
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }

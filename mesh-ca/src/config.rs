@@ -132,7 +132,10 @@ mod tests {
         assert_eq!(p.resolve(0), Ok(Duration::from_secs(3600)));
         assert_eq!(p.resolve(60), Ok(Duration::from_secs(60)));
         assert_eq!(p.resolve(30 * 86400), Ok(Duration::from_secs(7200)));
-        assert_eq!(p.resolve(ABSURD_TTL.as_secs()), Ok(Duration::from_secs(7200)));
+        assert_eq!(
+            p.resolve(ABSURD_TTL.as_secs()),
+            Ok(Duration::from_secs(7200))
+        );
         assert!(p.resolve(ABSURD_TTL.as_secs() + 1).is_err());
         assert!(p.resolve(100 * 365 * 86400).is_err());
         assert!(p.resolve(u64::MAX).is_err());

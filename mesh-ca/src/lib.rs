@@ -47,5 +47,6 @@ pub mod store;
 pub use auth::{KubeTokenReview, ServiceAccountRef, StaticTokens, TokenAuthenticator};
 pub use authority::{Authority, CaMaterial, IssuedLeaf, PluginCa};
 pub use config::TtlPolicy;
+pub use mesh_api::WorkloadIdentity;
 pub use server::{serve, ServerConfig};
 pub use store::CaStore;

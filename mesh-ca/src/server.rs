@@ -119,9 +119,12 @@ impl CertificateService {
             .authenticate(token)
             .await
             .map_err(Refusal::Auth)?;
-        let identity =
-            WorkloadIdentity::new(&self.config.trust_domain, &sa.namespace, &sa.service_account)
-                .map_err(|e| Refusal::Auth(AuthError::Rejected(e.to_string())))?;
+        let identity = WorkloadIdentity::new(
+            &self.config.trust_domain,
+            &sa.namespace,
+            &sa.service_account,
+        )
+        .map_err(|e| Refusal::Auth(AuthError::Rejected(e.to_string())))?;
         *identity_out = Some(identity.clone());
         if !self.limiter.try_acquire(&identity.uri(), Instant::now()) {
             return Err(Refusal::RateLimited);
@@ -174,9 +177,7 @@ impl Refusal {
             Refusal::Auth(_) => "unauthenticated",
             Refusal::RateLimited => "rate_limited",
             Refusal::Ttl(_) => "invalid_ttl",
-            Refusal::Sign(SignError::Csr(CsrError::IdentityMismatch { .. })) => {
-                "identity_mismatch"
-            }
+            Refusal::Sign(SignError::Csr(CsrError::IdentityMismatch { .. })) => "identity_mismatch",
             Refusal::Sign(SignError::Csr(CsrError::UnsupportedKey(_))) => "unsupported_key",
             Refusal::Sign(SignError::Csr(CsrError::Invalid(_))) => "invalid_csr",
             Refusal::Sign(SignError::Internal(_)) => "internal",
@@ -227,9 +228,7 @@ impl Certificates for CertificateService {
         let mut identity = None;
         let result = self.decide(token.as_deref(), &req, &mut identity).await;
         let metrics = self.authority.metrics();
-        metrics
-            .sign_duration
-            .observe(start.elapsed().as_secs_f64());
+        metrics.sign_duration.observe(start.elapsed().as_secs_f64());
         let identity = identity.map(|i| i.to_string()).unwrap_or_default();
         match result {
             Ok(resp) => {

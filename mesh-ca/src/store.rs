@@ -331,7 +331,10 @@ mod tests {
         assert!(store.load().await.unwrap().is_none());
         let m = generate_material().unwrap();
         assert!(store.create(&m).await.unwrap());
-        assert!(!store.create(&m).await.unwrap(), "second create must not overwrite");
+        assert!(
+            !store.create(&m).await.unwrap(),
+            "second create must not overwrite"
+        );
         assert_eq!(store.load().await.unwrap(), Some(m));
         for (k, want) in [(ROOT_KEY, 0o600), (CA_KEY, 0o600), (TRUST_BUNDLE, 0o644)] {
             let mode = std::fs::metadata(dir.path().join("ca").join(k))
@@ -340,7 +343,10 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, want, "{k}");
         }
-        let dmode = std::fs::metadata(dir.path().join("ca")).unwrap().permissions().mode();
+        let dmode = std::fs::metadata(dir.path().join("ca"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(dmode & 0o777, 0o700);
     }
 

@@ -44,9 +44,15 @@ async fn signs_over_tls_and_refuses_wrong_token() {
     let bundle = authority.trust_bundle_pem().concat();
     let (_key, csr) = new_workload_csr(None).unwrap();
 
-    let resp = client::sign(&endpoint, &bundle, "web-token-0123", &csr, Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let resp = client::sign(
+        &endpoint,
+        &bundle,
+        "web-token-0123",
+        &csr,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.cert_chain_pem.len(), 2);
     assert_eq!(resp.trust_bundle_pem, authority.trust_bundle_pem());
     let der = x509_parser::pem::parse_x509_pem(resp.cert_chain_pem[0].as_bytes())
@@ -63,15 +69,27 @@ async fn signs_over_tls_and_refuses_wrong_token() {
     assert_eq!(authority.metrics().signed.get(), 1);
 
     // Wrong token: UNAUTHENTICATED, nothing signed.
-    let e = client::sign(&endpoint, &bundle, "not-a-token-at-all", &csr, Duration::ZERO)
-        .await
-        .unwrap_err();
+    let e = client::sign(
+        &endpoint,
+        &bundle,
+        "not-a-token-at-all",
+        &csr,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(code(e), Code::Unauthenticated);
     // db's token asking for web's identity: PERMISSION_DENIED.
     let (_, web_csr) = new_workload_csr(Some(&want)).unwrap();
-    let e = client::sign(&endpoint, &bundle, "db-token-45678", &web_csr, Duration::ZERO)
-        .await
-        .unwrap_err();
+    let e = client::sign(
+        &endpoint,
+        &bundle,
+        "db-token-45678",
+        &web_csr,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(code(e), Code::PermissionDenied);
     // 100 years: INVALID_ARGUMENT.
     let e = client::sign(

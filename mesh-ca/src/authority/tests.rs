@@ -104,8 +104,14 @@ fn leaf_follows_every_svid_rule() {
         let nb = c.validity().not_before.timestamp();
         let na = c.validity().not_after.timestamp();
         // Backdated ~1 minute for clock skew, valid for the TTL from now.
-        assert!((before - 70..=before - 50).contains(&nb), "notBefore {nb} vs {before}");
-        assert!((before + 3590..=before + 3610).contains(&na), "notAfter {na}");
+        assert!(
+            (before - 70..=before - 50).contains(&nb),
+            "notBefore {nb} vs {before}"
+        );
+        assert!(
+            (before + 3590..=before + 3610).contains(&na),
+            "notAfter {na}"
+        );
         assert_eq!(
             leaf.serial_hex,
             c.raw_serial()
@@ -121,7 +127,11 @@ fn serials_are_random() {
     let a = Authority::generate().unwrap();
     let (_, csr) = new_workload_csr(None).unwrap();
     let s: std::collections::HashSet<String> = (0..50)
-        .map(|_| a.sign(&web(), &csr, Duration::from_secs(60)).unwrap().serial_hex)
+        .map(|_| {
+            a.sign(&web(), &csr, Duration::from_secs(60))
+                .unwrap()
+                .serial_hex
+        })
         .collect();
     assert_eq!(s.len(), 50);
 }
@@ -140,7 +150,14 @@ fn ca_certificates_are_p256_root_10y_intermediate_1y() {
     for c in [&root, &inter] {
         assert!(c.basic_constraints().unwrap().unwrap().value.ca);
         assert!(c.key_usage().unwrap().unwrap().value.key_cert_sign());
-        let curve = c.public_key().algorithm.parameters.as_ref().unwrap().as_oid().unwrap();
+        let curve = c
+            .public_key()
+            .algorithm
+            .parameters
+            .as_ref()
+            .unwrap()
+            .as_oid()
+            .unwrap();
         assert_eq!(curve, x509_parser::oid_registry::OID_EC_P256);
     }
     assert_eq!(
@@ -160,7 +177,9 @@ fn ca_certificates_are_p256_root_10y_intermediate_1y() {
 fn openssl_verifies_the_chain() {
     let a = Authority::generate().unwrap();
     let (_, csr) = new_workload_csr(None).unwrap();
-    let leaf = a.sign(&web(), &csr, Duration::ZERO.max(Duration::from_secs(600))).unwrap();
+    let leaf = a
+        .sign(&web(), &csr, Duration::ZERO.max(Duration::from_secs(600)))
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     std::fs::write(p("root.pem"), a.trust_bundle_pem().concat()).unwrap();
@@ -177,7 +196,8 @@ fn openssl_verifies_the_chain() {
         .arg(p("leaf.pem"))
         .output()
         .expect("openssl CLI on the machine");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "openssl verify failed: {text}");
     assert!(text.contains(": OK"), "{text}");
     // And as a server certificate.
@@ -189,7 +209,11 @@ fn openssl_verifies_the_chain() {
         .arg(p("leaf.pem"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A leaf from another CA does not verify against this root.
     let other = Authority::generate().unwrap();
     let foreign = other.sign(&web(), &csr, Duration::from_secs(600)).unwrap();
@@ -241,7 +265,11 @@ fn serving_cert_has_the_service_names() {
         .map(|s| s.to_string())
         .collect();
     let (chain, key) = a
-        .issue_serving_cert(&names, &["127.0.0.1".parse().unwrap()], Duration::from_secs(600))
+        .issue_serving_cert(
+            &names,
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(600),
+        )
         .unwrap();
     assert!(key.contains("PRIVATE KEY"));
     let d = der(&chain[0]);
@@ -323,7 +351,10 @@ fn mismatched_material_is_refused() {
         intermediate_key_pem: b.intermediate_key_pem.clone(),
         ..a.clone()
     };
-    assert!(Authority::from_material(mixed).is_err(), "intermediate of another root");
+    assert!(
+        Authority::from_material(mixed).is_err(),
+        "intermediate of another root"
+    );
     let wrong_key = CaMaterial {
         intermediate_key_pem: b.intermediate_key_pem,
         ..a.clone()
@@ -372,7 +403,10 @@ async fn intermediate_near_expiry_is_reissued_from_the_root() {
         .duration_since(SystemTime::now())
         .unwrap();
     assert!(left > Duration::from_secs(300 * 86400), "{left:?}");
-    assert_ne!(a.material().intermediate_cert_pem, short.intermediate_cert_pem);
+    assert_ne!(
+        a.material().intermediate_cert_pem,
+        short.intermediate_cert_pem
+    );
     assert_eq!(a.material().root_cert_pem, short.root_cert_pem);
     // Persisted, and the gauge shows the new expiry.
     assert_eq!(store.load().await.unwrap(), Some(a.material()));

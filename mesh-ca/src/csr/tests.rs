@@ -28,7 +28,10 @@ fn refuses_other_identity_dns_ip_and_two_uris() {
         Err(CsrError::IdentityMismatch { .. })
     ));
     let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
-    let dns = csr_with(vec![rcgen::SanType::DnsName("web".try_into().unwrap())], alg);
+    let dns = csr_with(
+        vec![rcgen::SanType::DnsName("web".try_into().unwrap())],
+        alg,
+    );
     assert!(matches!(
         check_csr(&dns, &id("web")),
         Err(CsrError::IdentityMismatch { .. })

@@ -41,7 +41,10 @@ fn service(config: ServerConfig) -> (CertificateService, Arc<Authority>) {
             "other-audience-token",
             Err(AuthError::WrongAudience("mesh-ca".into())),
         ),
-        ("down-token", Err(AuthError::Unavailable("no API server".into()))),
+        (
+            "down-token",
+            Err(AuthError::Unavailable("no API server".into())),
+        ),
         ("bad-ns-token", sa("Not_A_Namespace", "web")),
     ]));
     (
@@ -56,8 +59,7 @@ fn request(token: Option<&str>, csr_pem: &str, ttl_seconds: u64) -> Request<Sign
         ttl_seconds,
     });
     if let Some(t) = token {
-        r.metadata_mut()
-            .insert("authorization", t.parse().unwrap());
+        r.metadata_mut().insert("authorization", t.parse().unwrap());
     }
     r
 }
@@ -108,20 +110,94 @@ async fn each_refusal_has_its_code_and_signs_nothing() {
     .unwrap();
     let hundred_years = 100 * 365 * 86400;
     let cases: Vec<(&str, Request<SignRequest>, Code, &str)> = vec![
-        ("no token", request(None, &csr, 0), Code::Unauthenticated, "missing_token"),
-        ("empty bearer", request(Some("Bearer "), &csr, 0), Code::Unauthenticated, "missing_token"),
-        ("basic auth", request(Some("Basic d2ViOnRva2Vu"), &csr, 0), Code::Unauthenticated, "missing_token"),
-        ("forged", request(Some("Bearer forged-token"), &csr, 0), Code::Unauthenticated, "unauthenticated"),
-        ("expired", request(Some("Bearer expired-token"), &csr, 0), Code::Unauthenticated, "unauthenticated"),
-        ("wrong audience", request(Some("Bearer other-audience-token"), &csr, 0), Code::Unauthenticated, "wrong_audience"),
-        ("bad identity", request(Some("Bearer bad-ns-token"), &csr, 0), Code::Unauthenticated, "unauthenticated"),
-        ("API down", request(Some("Bearer down-token"), &csr, 0), Code::Unavailable, "auth_unavailable"),
-        ("other SA", request(Some("Bearer web-token"), &admin_csr, 0), Code::PermissionDenied, "identity_mismatch"),
-        ("other trust domain", request(Some("Bearer web-token"), &other_td_csr, 0), Code::PermissionDenied, "identity_mismatch"),
-        ("garbage CSR", request(Some("Bearer web-token"), "-----BEGIN CERTIFICATE REQUEST-----\nZm9v\n-----END CERTIFICATE REQUEST-----\n", 0), Code::InvalidArgument, "invalid_csr"),
-        ("empty CSR", request(Some("Bearer web-token"), "", 0), Code::InvalidArgument, "invalid_csr"),
-        ("100 years", request(Some("Bearer web-token"), &csr, hundred_years), Code::InvalidArgument, "invalid_ttl"),
-        ("u64::MAX", request(Some("Bearer web-token"), &csr, u64::MAX), Code::InvalidArgument, "invalid_ttl"),
+        (
+            "no token",
+            request(None, &csr, 0),
+            Code::Unauthenticated,
+            "missing_token",
+        ),
+        (
+            "empty bearer",
+            request(Some("Bearer "), &csr, 0),
+            Code::Unauthenticated,
+            "missing_token",
+        ),
+        (
+            "basic auth",
+            request(Some("Basic d2ViOnRva2Vu"), &csr, 0),
+            Code::Unauthenticated,
+            "missing_token",
+        ),
+        (
+            "forged",
+            request(Some("Bearer forged-token"), &csr, 0),
+            Code::Unauthenticated,
+            "unauthenticated",
+        ),
+        (
+            "expired",
+            request(Some("Bearer expired-token"), &csr, 0),
+            Code::Unauthenticated,
+            "unauthenticated",
+        ),
+        (
+            "wrong audience",
+            request(Some("Bearer other-audience-token"), &csr, 0),
+            Code::Unauthenticated,
+            "wrong_audience",
+        ),
+        (
+            "bad identity",
+            request(Some("Bearer bad-ns-token"), &csr, 0),
+            Code::Unauthenticated,
+            "unauthenticated",
+        ),
+        (
+            "API down",
+            request(Some("Bearer down-token"), &csr, 0),
+            Code::Unavailable,
+            "auth_unavailable",
+        ),
+        (
+            "other SA",
+            request(Some("Bearer web-token"), &admin_csr, 0),
+            Code::PermissionDenied,
+            "identity_mismatch",
+        ),
+        (
+            "other trust domain",
+            request(Some("Bearer web-token"), &other_td_csr, 0),
+            Code::PermissionDenied,
+            "identity_mismatch",
+        ),
+        (
+            "garbage CSR",
+            request(
+                Some("Bearer web-token"),
+                "-----BEGIN CERTIFICATE REQUEST-----\nZm9v\n-----END CERTIFICATE REQUEST-----\n",
+                0,
+            ),
+            Code::InvalidArgument,
+            "invalid_csr",
+        ),
+        (
+            "empty CSR",
+            request(Some("Bearer web-token"), "", 0),
+            Code::InvalidArgument,
+            "invalid_csr",
+        ),
+        (
+            "100 years",
+            request(Some("Bearer web-token"), &csr, hundred_years),
+            Code::InvalidArgument,
+            "invalid_ttl",
+        ),
+        (
+            "u64::MAX",
+            request(Some("Bearer web-token"), &csr, u64::MAX),
+            Code::InvalidArgument,
+            "invalid_ttl",
+        ),
     ];
     for (name, req, code, reason) in cases {
         let err = svc.sign(req).await.expect_err(name);
@@ -134,7 +210,11 @@ async fn each_refusal_has_its_code_and_signs_nothing() {
             .get();
         assert!(counted >= 1, "{name}: reason {reason} not counted");
     }
-    assert_eq!(authority.metrics().signed.get(), 0, "a refusal signed something");
+    assert_eq!(
+        authority.metrics().signed.get(),
+        0,
+        "a refusal signed something"
+    );
     // The identity comes from the token: db's token with web's CSR is refused too.
     let (_, web_csr) = new_workload_csr(Some(&web_id())).unwrap();
     let err = svc
