@@ -305,7 +305,7 @@ mod tests {
             0,
             serde_json::json!({"methods": ["get"], "hosts": ["svc.example"], "ports": [8080]}),
         );
-        assert_eq!(authorize(&[allow.clone()], &s), Decision::Allow);
+        assert_eq!(authorize(std::slice::from_ref(&allow), &s), Decision::Allow);
         let s2 = Subject { port: 9090, ..s };
         assert!(matches!(authorize(&[allow], &s2), Decision::Deny(_)));
     }

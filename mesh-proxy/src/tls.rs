@@ -210,11 +210,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
+/// Client configs are cached per (expected peer identity, ALPN).
+type ClientKey = (String, &'static [u8]);
+
 /// The current certificate and the TLS configs derived from it.
 struct Current {
     material: TlsMaterial,
     server: Arc<ServerConfig>,
-    clients: Mutex<HashMap<(String, &'static [u8]), Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
 }
 
 /// The proxy's TLS state; the certificate can be replaced at any time
