@@ -111,6 +111,7 @@ impl CertificateService {
         &self,
         token: Option<&str>,
         req: &SignRequest,
+        peer: &str,
         identity_out: &mut Option<WorkloadIdentity>,
     ) -> Result<SignResponse, Refusal> {
         let token = token.ok_or(Refusal::Auth(AuthError::Missing))?;
@@ -150,6 +151,7 @@ impl CertificateService {
             serial = %leaf.serial_hex,
             not_after,
             ttl_seconds = ttl.as_secs(),
+            peer = %peer,
             "signed workload certificate"
         );
         Ok(SignResponse {
@@ -226,7 +228,9 @@ impl Certificates for CertificateService {
         let token = bearer_token(&request);
         let req = request.into_inner();
         let mut identity = None;
-        let result = self.decide(token.as_deref(), &req, &mut identity).await;
+        let result = self
+            .decide(token.as_deref(), &req, &peer, &mut identity)
+            .await;
         let metrics = self.authority.metrics();
         metrics.sign_duration.observe(start.elapsed().as_secs_f64());
         let identity = identity.map(|i| i.to_string()).unwrap_or_default();

@@ -299,3 +299,54 @@ fn metrics_text_has_every_family() {
         .collect();
     assert!(expiry.contains(&"root".to_string()) && expiry.contains(&"intermediate".to_string()));
 }
+
+/// A writer that keeps what the audit log writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_decision_is_audited() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (svc, _) = service(ServerConfig::default());
+    let (_, csr) = new_workload_csr(None).unwrap();
+    svc.sign(request(Some("Bearer web-token"), &csr, 0))
+        .await
+        .unwrap();
+    let _ = svc.sign(request(Some("Bearer forged"), &csr, 0)).await;
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(AUDIT_TARGET)).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let signed = lines[0];
+    for want in [
+        "decision=\"signed\"",
+        "identity=spiffe://cluster.local/ns/shop/sa/web",
+        "serial=",
+        "not_after=",
+        "peer=",
+    ] {
+        assert!(signed.contains(want), "{want} missing: {signed}");
+    }
+    let refused = lines[1];
+    for want in ["decision=\"refused\"", "reason=\"unauthenticated\"", "peer="] {
+        assert!(refused.contains(want), "{want} missing: {refused}");
+    }
+}
