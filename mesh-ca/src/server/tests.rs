@@ -346,7 +346,11 @@ async fn every_decision_is_audited() {
         assert!(signed.contains(want), "{want} missing: {signed}");
     }
     let refused = lines[1];
-    for want in ["decision=\"refused\"", "reason=\"unauthenticated\"", "peer="] {
+    for want in [
+        "decision=\"refused\"",
+        "reason=\"unauthenticated\"",
+        "peer=",
+    ] {
         assert!(refused.contains(want), "{want} missing: {refused}");
     }
 }
