@@ -1,13 +1,35 @@
 //! Kubernetes-facing names and types shared by every mesh binary: well-known
-//! ports, labels and annotations, and SPIFFE workload identities.
+//! ports, labels and annotations, SPIFFE workload identities, and the mesh's
+//! custom resources with their semantic validation.
+//!
+//! - [`networking`] (`networking.mesh.dev/v1`): [`VirtualService`],
+//!   [`DestinationRule`], [`ServiceEntry`], [`Gateway`].
+//! - [`security`] (`security.mesh.dev/v1`): [`PeerAuthentication`],
+//!   [`AuthorizationPolicy`].
+//! - [`resource`]: any of them as a [`MeshResource`], parsed from YAML.
+//! - [`validate`]: the checks behind the `Accepted` status condition.
+//! - [`crds`]: the CustomResourceDefinitions, as written to `deploy/crds/`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod crds;
+pub mod duration;
 pub mod identity;
+pub mod networking;
 pub mod ports;
+pub mod resource;
+pub mod security;
+pub mod status;
 pub mod svid;
+pub mod validate;
 
+pub use duration::{parse_duration, DurationError};
 pub use identity::{IdentityError, WorkloadIdentity};
+pub use networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
+pub use resource::{parse_yaml, MeshResource, ParseError, ResourceSet};
+pub use security::{AuthorizationPolicy, PeerAuthentication};
+pub use status::{Condition, ConditionStatus, MeshStatus};
+pub use validate::{ResourceRef, ValidationError};
 
 /// Namespace the control plane is installed in.
 pub const INSTALL_NAMESPACE: &str = "mesh-system";
