@@ -144,15 +144,20 @@ pub(super) fn check_string_match(m: &StringMatch, allow_empty: bool) -> Result<(
         return Err("one of exact, prefix and regex is required".to_string());
     }
     if let Some(re) = &m.regex {
-        // Anchored as the proxy will use it: the whole value must match.
-        regex::Regex::new(&format!("^(?:{re})$"))
-            .map_err(|e| format!("invalid regex {re:?}: {}", one_line(&e.to_string())))?;
+        regex::Regex::new(re).map_err(|e| format!("invalid regex {re:?}: {}", regex_reason(&e)))?;
     }
     Ok(())
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The one-line reason of a regex error (its Display spans several lines
+/// with a caret under the problem).
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// An HTTP header name (RFC 9110 token); lowercase when used in a match,
