@@ -766,7 +766,8 @@ pub fn validate_gateway(gw: &Gateway) -> Vec<ValidationError> {
             Some(p) => r.error(
                 format!("{sp}.port.protocol"),
                 format!(
-                    "protocol {p:?} is not supported by the mesh gateway yet (use HTTP or HTTPS)"
+                    "protocol {} is not supported by the mesh gateway yet (use HTTP or HTTPS)",
+                    p.as_str()
                 ),
             ),
         }

@@ -128,6 +128,20 @@ pub enum Protocol {
     Tls,
 }
 
+impl Protocol {
+    /// The name as written in resources, e.g. `HTTPS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "HTTP",
+            Self::Https => "HTTPS",
+            Self::Http2 => "HTTP2",
+            Self::Grpc => "GRPC",
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+        }
+    }
+}
+
 /// A port with a number, a name and a protocol (Istio's `Port`/`ServicePort`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
