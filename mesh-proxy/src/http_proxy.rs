@@ -160,8 +160,9 @@ pub async fn handle(
     let state = shared.state.load_full();
     let grpc = is_grpc(req.headers());
     let downstream_version = req.version();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let access_log = shared.access_log || state.settings.access_log;
+    // Only the access log needs these after the request is consumed.
+    let logged = access_log.then(|| (req.method().clone(), req.uri().path().to_string()));
 
     let (mut resp, dest_service, dest_workload, upstream) = match &conn.target {
         Target::Service { name, port } => {
@@ -182,7 +183,8 @@ pub async fn handle(
     strip_hop_by_hop(resp.headers_mut());
 
     let elapsed = started.elapsed();
-    let code = resp.status().as_u16().to_string();
+    let status = resp.status();
+    let code = status.as_str();
     // Inbound, the source is the caller's identity (namespace and
     // ServiceAccount) when it came over mTLS.
     let (src_ns, src_sa) = conn
@@ -205,7 +207,7 @@ pub async fn handle(
         },
         dest_service.as_str(),
         dest_workload.as_str(),
-        code.as_str(),
+        code,
     ];
     shared.metrics.requests.with_label_values(&labels).inc();
     shared
@@ -213,7 +215,7 @@ pub async fn handle(
         .request_duration
         .with_label_values(&labels[..5])
         .observe(elapsed.as_secs_f64());
-    if shared.access_log || state.settings.access_log {
+    if let Some((method, path)) = logged {
         let line = serde_json::json!({
             "direction": conn.direction.as_str(),
             "client": conn.client.to_string(),
@@ -450,38 +452,52 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| addr.to_string());
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
     match proto {
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
-            parts.uri = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                // HTTP/1 upstream: origin-form target, authority in Host.
+                if !parts.headers.contains_key(header::HOST) {
+                    if let Some(v) = parts
+                        .uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    {
+                        parts.headers.insert(header::HOST, v);
+                    }
+                }
+                let mut p = http::uri::Parts::default();
+                p.path_and_query = parts.uri.path_and_query().cloned();
+                parts.uri = Uri::from_parts(p).unwrap_or_else(|_| Uri::from_static("/"));
+            }
             if !parts.headers.contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(&authority) {
+                if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
                     parts.headers.insert(header::HOST, v);
                 }
             }
         }
         UpstreamProtocol::Http2 => {
             parts.version = Version::HTTP_2;
-            parts.uri = format!("http://{authority}{pq}")
-                .parse()
-                .unwrap_or_else(|_| Uri::from_static("/"));
+            if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
+                // HTTP/2 upstream: absolute URI, authority from Host.
+                let authority = parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                    .or_else(|| addr.to_string().parse().ok());
+                let mut p = http::uri::Parts::default();
+                p.scheme = Some(http::uri::Scheme::HTTP);
+                p.authority = authority;
+                p.path_and_query = Some(
+                    parts
+                        .uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                );
+                parts.uri = Uri::from_parts(p).unwrap_or_else(|_| Uri::from_static("/"));
+            }
             parts.headers.remove(header::HOST);
         }
     }

@@ -90,6 +90,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn uuid_shape() {
+        let u = uuid_v4([0xab; 16]);
+        assert_eq!(u, "abababab-abab-4bab-abab-abababababab");
+    }
+
+    #[test]
     fn creates_ids_when_absent() {
         let mut h = HeaderMap::new();
         let id = propagate(&mut h);

@@ -49,14 +49,15 @@ fn p2c_avoids_a_slow_endpoint() {
     eps[1].observe(Duration::from_millis(1));
     eps[2].observe(Duration::from_millis(1));
     let mut slow = 0;
-    for _ in 0..300 {
+    for _ in 0..3000 {
         let e = b.pick(&PickContext::default(), |_| true).unwrap();
         if e.addr == eps[0].addr {
             slow += 1;
         }
     }
-    // 50x slower: it wins about 1/51 of the 2/3 of comparisons it is in.
-    assert!(slow < 30, "slow endpoint got {slow} of 300");
+    // 50x slower: it wins about 1/51 of the 2/3 of comparisons it is in
+    // (about 40 of 3000; an even share would be 1000).
+    assert!(slow < 150, "slow endpoint got {slow} of 3000");
     assert!(slow > 0, "the slow endpoint is still probed");
 }
 
