@@ -104,3 +104,49 @@ impl Condition {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{ResourceRef, ValidationError};
+
+    #[test]
+    fn accepted_condition_keeps_transition_time_while_status_holds() {
+        let error = ValidationError {
+            resource: ResourceRef {
+                kind: "VirtualService".into(),
+                namespace: "default".into(),
+                name: "r".into(),
+            },
+            field: "spec.hosts".into(),
+            message: "at least one host is required".into(),
+        };
+        let mut status = MeshStatus::default();
+        status.set_condition(Condition::accepted(&[], Some(1), "2026-01-01T00:00:00Z"));
+        status.set_condition(Condition::accepted(&[], Some(2), "2026-01-02T00:00:00Z"));
+        let c = status.condition(CONDITION_ACCEPTED).expect("set");
+        assert_eq!(c.observed_generation, Some(2));
+        assert_eq!(
+            c.last_transition_time.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+
+        status.set_condition(Condition::accepted(
+            &[error],
+            Some(3),
+            "2026-01-03T00:00:00Z",
+        ));
+        let c = status.condition(CONDITION_ACCEPTED).expect("set");
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(c.status, ConditionStatus::False);
+        assert_eq!(c.reason, REASON_INVALID);
+        assert_eq!(
+            c.message,
+            "VirtualService default/r: spec.hosts: at least one host is required"
+        );
+        assert_eq!(
+            c.last_transition_time.as_deref(),
+            Some("2026-01-03T00:00:00Z")
+        );
+    }
+}

@@ -1,1 +1,59 @@
+use super::checks::*;
+use super::resolve_host;
 
+#[test]
+fn hosts() {
+    let cases = [
+        ("reviews", false, true),
+        ("reviews.default.svc.cluster.local", false, true),
+        ("*.example.com", true, true),
+        ("*.example.com", false, false),
+        ("*", true, false),
+        ("a.*.com", true, false),
+        ("Reviews", false, false),
+        ("-bad.example.com", false, false),
+        ("", false, false),
+        ("under_score", false, false),
+    ];
+    for (host, wildcard, ok) in cases {
+        assert_eq!(
+            check_host(host, wildcard).is_ok(),
+            ok,
+            "{host} wildcard={wildcard}"
+        );
+    }
+}
+
+#[test]
+fn short_names_resolve_in_the_resource_namespace() {
+    let cases = [
+        ("reviews", "shop", "reviews.shop.svc.cluster.local"),
+        ("reviews.other", "shop", "reviews.other"),
+        ("api.example.com", "shop", "api.example.com"),
+        ("*.example.com", "shop", "*.example.com"),
+    ];
+    for (host, ns, want) in cases {
+        assert_eq!(resolve_host(host, ns), want);
+    }
+    assert!(host_matches("*.example.com", "api.example.com"));
+    assert!(!host_matches("*.example.com", "example.com"));
+}
+
+#[test]
+fn small_values() {
+    assert!(check_ip_or_cidr("10.0.0.0/8").is_ok());
+    assert!(check_ip_or_cidr("fd00::/64").is_ok());
+    assert!(check_ip_or_cidr("10.0.0.0/33").is_err());
+    assert!(check_ip_or_cidr("example.com").is_err());
+    assert!(check_authority("example.com:8443").is_ok());
+    assert!(check_authority("example.com:0").is_err());
+    assert!(check_retry_on("5xx, 503,reset").is_ok());
+    assert!(check_retry_on("5xx,").is_err());
+    assert!(check_gateway_ref("mesh").is_ok());
+    assert!(check_gateway_ref("istio-system/ingress").is_ok());
+    assert!(check_gateway_ref("a/b/c").is_err());
+    assert!(check_percent(f64::NAN).is_err());
+    assert!(check_wildcard_value("*suffix").is_ok());
+    assert!(check_wildcard_value("prefix*").is_ok());
+    assert!(check_wildcard_value("mid*dle").is_err());
+}
