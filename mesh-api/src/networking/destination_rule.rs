@@ -214,7 +214,9 @@ pub enum ClientTlsMode {
     Disable,
     /// TLS origination, verifying the server.
     Simple,
-    /// TLS with a client certificate (the workload's mesh certificate).
+    /// TLS with a client certificate. Where the certificate comes from is not
+    /// configurable yet (Istio's `clientCertificate`, `privateKey` and
+    /// `credentialName` are not supported).
     Mutual,
     /// The mesh's own mTLS (the default between meshed workloads).
     IstioMutual,
