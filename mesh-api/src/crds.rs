@@ -43,9 +43,10 @@ pub fn render() -> Result<Vec<(String, String)>, serde_yaml::Error> {
 
 /// The workspace's `deploy/crds/` folder, found from this crate's location.
 pub fn default_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
-        .join(CRD_DIR)
+        .join(CRD_DIR);
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// Why the CRD files could not be generated or compared.

@@ -223,7 +223,7 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     docs
 }
 
-/// Name helpers for any mesh resource.
+/// The namespace of a resource, empty when unset.
 pub(crate) fn namespace_of<K: Resource>(r: &K) -> String {
     r.namespace().unwrap_or_default()
 }
