@@ -106,6 +106,20 @@ pub struct RunArgs {
     #[arg(long, env = "MESH_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
 
+    /// mesh-controller's config stream (`host:port`); when set, the config
+    /// comes from the controller over mesh mTLS instead of --config.
+    #[arg(long, env = "MESH_CONTROLLER_ADDR", conflicts_with = "config")]
+    pub controller_addr: Option<String>,
+
+    /// SPIFFE ID the controller must present; default: the mesh-controller
+    /// ServiceAccount in mesh-system of this trust domain.
+    #[arg(long, env = "MESH_CONTROLLER_IDENTITY")]
+    pub controller_identity: Option<String>,
+
+    /// Pod IP, sent to the controller in the hello.
+    #[arg(long, env = "POD_IP", default_value = "")]
+    pub pod_ip: String,
+
     /// mesh-ca address; when set, the proxy makes its key in memory and gets
     /// its certificate from the CA, renewing at half-life.
     #[arg(long, env = "MESH_CA_ADDR")]
@@ -155,6 +169,39 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The config stream settings, when --controller-addr is set.
+    pub fn discovery_config(&self) -> anyhow::Result<Option<crate::discovery::DiscoveryConfig>> {
+        let Some(addr) = &self.controller_addr else {
+            return Ok(None);
+        };
+        let controller_identity = match &self.controller_identity {
+            Some(id) => id.clone(),
+            None => mesh_api::WorkloadIdentity::new(
+                &self.trust_domain,
+                mesh_api::INSTALL_NAMESPACE,
+                "mesh-controller",
+            )
+            .map_err(|e| anyhow::anyhow!("controller identity: {e}"))?
+            .uri(),
+        };
+        Ok(Some(crate::discovery::DiscoveryConfig {
+            addr: addr.clone(),
+            controller_identity,
+            hello: mesh_proto::config::v1::Hello {
+                pod: self.pod.clone(),
+                namespace: self.namespace.clone(),
+                service_account: self.service_account.clone(),
+                ips: if self.pod_ip.is_empty() {
+                    vec![]
+                } else {
+                    vec![self.pod_ip.clone()]
+                },
+                proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+                ..Default::default()
+            },
+        }))
+    }
+
     /// The CA client settings, when --ca-addr is set.
     pub fn ca_client_config(&self) -> anyhow::Result<Option<crate::identity::CaClientConfig>> {
         let Some(addr) = &self.ca_addr else {

@@ -16,6 +16,7 @@ pub mod balance;
 pub mod body;
 pub mod cli;
 pub mod detect;
+pub mod discovery;
 pub mod h1_guard;
 pub mod http_proxy;
 pub mod identity;
@@ -260,7 +261,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
             &tracker,
         );
     }
-    if args.config.is_none() {
+    if args.config.is_none() && args.controller_addr.is_none() {
         // Nothing to wait for: an unconfigured proxy passes traffic through.
         shared.ready.store(true, Ordering::Relaxed);
     }
@@ -269,6 +270,9 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
     }
     if let Some(e) = shared.tls.expiry_unix() {
         shared.metrics.identity_expiry.set(e);
+    }
+    if let Some(d) = args.discovery_config()? {
+        tokio::spawn(discovery::run(shared.clone(), d, stopped.clone()));
     }
     if let Some(ca) = args.ca_client_config()? {
         let shared2 = shared.clone();
