@@ -12,23 +12,36 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "crds")]
 pub mod crds;
+#[cfg(feature = "crds")]
 pub mod duration;
 pub mod identity;
+#[cfg(feature = "crds")]
 pub mod networking;
 pub mod ports;
+#[cfg(feature = "crds")]
 pub mod resource;
+#[cfg(feature = "crds")]
 pub mod security;
+#[cfg(feature = "crds")]
 pub mod status;
 pub mod svid;
+#[cfg(feature = "crds")]
 pub mod validate;
 
+#[cfg(feature = "crds")]
 pub use duration::{parse_duration, DurationError};
 pub use identity::{IdentityError, WorkloadIdentity};
+#[cfg(feature = "crds")]
 pub use networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
+#[cfg(feature = "crds")]
 pub use resource::{parse_yaml, MeshResource, ParseError, ResourceSet};
+#[cfg(feature = "crds")]
 pub use security::{AuthorizationPolicy, PeerAuthentication};
+#[cfg(feature = "crds")]
 pub use status::{Condition, ConditionStatus, MeshStatus};
+#[cfg(feature = "crds")]
 pub use validate::{ResourceRef, ValidationError};
 
 /// Namespace the control plane is installed in.
