@@ -389,12 +389,7 @@ async fn inbound(
             .and_then(|h| h.to_str().ok())
             .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string())
     });
-    let policies = state
-        .config
-        .inbound
-        .as_ref()
-        .map(|p| p.authorization.as_slice())
-        .unwrap_or(&[]);
+    let policies = state.authorization_policies();
     let subject = crate::authz::Subject {
         principal: conn.peer.as_deref(),
         path: Some(&path),

@@ -30,6 +30,17 @@ struct Recording<I> {
     seen: BytesMut,
 }
 
+impl Recording<pio::PrefixedIo<TcpStream>> {
+    /// Everything read so far plus what was never read: the stream as the
+    /// client sent it, for passing it through untouched.
+    fn into_replay(self) -> (BytesMut, TcpStream) {
+        let (rest, stream) = self.inner.into_parts();
+        let mut replay = self.seen;
+        replay.extend_from_slice(&rest);
+        (replay, stream)
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Recording<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -73,12 +84,7 @@ fn refuse(shared: &Shared, why: &str, client: SocketAddr) {
 
 fn tcp_allowed(shared: &Shared, peer: Option<&str>, port: u16) -> bool {
     let state = shared.state.load();
-    let policies = state
-        .config
-        .inbound
-        .as_ref()
-        .map(|p| p.authorization.as_slice())
-        .unwrap_or(&[]);
+    let policies = state.authorization_policies();
     let subject = Subject {
         principal: peer,
         port,
@@ -132,10 +138,7 @@ pub async fn serve(
                     refuse(&shared, &format!("unreadable TLS: {e}"), client);
                     return Ok(());
                 }
-                let seen = std::mem::take(&mut rec.seen);
-                let (rest, stream) = rec.inner.into_parts();
-                let mut replay = seen;
-                replay.extend_from_slice(&rest);
+                let (replay, stream) = rec.into_replay();
                 return passthrough(&shared, stream, replay, dst).await;
             }
             Err(_) => {
@@ -200,10 +203,7 @@ pub async fn serve(
             refuse(&shared, "STRICT mTLS: TLS that is not mesh mTLS", client);
             return Ok(());
         }
-        let seen = std::mem::take(&mut rec.seen);
-        let (rest, stream) = rec.inner.into_parts();
-        let mut replay = seen;
-        replay.extend_from_slice(&rest);
+        let (replay, stream) = rec.into_replay();
         return passthrough(&shared, stream, replay, dst).await;
     }
 

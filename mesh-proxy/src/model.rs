@@ -248,6 +248,15 @@ impl MeshState {
             .get(&(subset.to_string(), port))
     }
 
+    /// The workload's AuthorizationPolicies (inbound).
+    pub fn authorization_policies(&self) -> &[pb::AuthorizationPolicy] {
+        self.config
+            .inbound
+            .as_ref()
+            .map(|p| p.authorization.as_slice())
+            .unwrap_or(&[])
+    }
+
     /// Every endpoint known to this state, by address.
     pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.endpoints.values()
