@@ -166,11 +166,13 @@ pub async fn handle(
 
     let (mut resp, dest_service, dest_workload, upstream) = match &conn.target {
         Target::Service { name, port } => {
-            let out = outbound(&shared, &state, &conn, name, *port, req, grpc).await;
+            // Boxed: the routing future is large, and hyper moves the
+            // per-request future into a task; a pointer moves cheaply.
+            let out = Box::pin(outbound(&shared, &state, &conn, name, *port, req, grpc)).await;
             (out.response, name.to_string(), out.workload, out.upstream)
         }
         Target::Local { addr } => {
-            let resp = inbound(&shared, &state, &conn, *addr, req, grpc).await;
+            let resp = Box::pin(inbound(&shared, &state, &conn, *addr, req, grpc)).await;
             (
                 resp,
                 shared.local.workload.clone(),
