@@ -92,7 +92,9 @@ impl Shared {
         match MeshState::compile(config, Some(&current)) {
             Ok(next) => {
                 let next = Arc::new(next);
-                self.pool.retain(|a| next.endpoints().any(|e| e.addr == *a));
+                let live: std::collections::HashSet<SocketAddr> =
+                    next.endpoints().map(|e| e.addr).collect();
+                self.pool.retain(|a| live.contains(a));
                 tracing::info!(version = %next.version, services = next.services().len(), "config applied");
                 self.state.store(next);
                 self.ready.store(true, Ordering::Relaxed);

@@ -6,7 +6,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -265,6 +264,5 @@ async fn streamed_config_is_applied_acked_nacked_and_resumed() {
         Kind::Hello(h) => assert_eq!(h.resume_version, "3"),
         other => panic!("expected hello, got {other:?}"),
     }
-    let _ = Arc::new(());
     running.shutdown().await;
 }
