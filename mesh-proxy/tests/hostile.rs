@@ -145,24 +145,10 @@ async fn silent_client_falls_back_to_tcp_after_the_detection_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_pass_through_as_opaque_tcp_byte_exact_with_half_close() {
     let (p, web) = setup().await;
-    let payload: Vec<u8> = (0..256 * 1024u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let mut s = TcpStream::connect(p.listener(2)).await.unwrap();
-    let (mut r, mut w) = s.split();
-    let send = async {
-        w.write_all(&payload).await.unwrap();
-        // Half-close: we are done sending but still want the echo.
-        w.shutdown().await.unwrap();
-    };
-    let recv = async {
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).await.unwrap();
-        got
-    };
-    let (_, got) = tokio::join!(send, recv);
-    assert_eq!(got.len(), payload.len());
-    assert!(got == payload, "echo is byte-exact");
+    assert!(
+        echo_round_trip(p.listener(2), 256 * 1024).await,
+        "echo is byte-exact"
+    );
     // Garbage on an HTTP port is refused without harming others.
     let resp = raw(web, b"\x16\x00garbage\r\n\r\n\x00\xff").await;
     assert!(

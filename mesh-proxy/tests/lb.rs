@@ -7,7 +7,6 @@ mod support;
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_testapps::echo::echo_client::EchoClient;
@@ -44,26 +43,20 @@ async fn grpc_one_channel_is_balanced_per_request() {
         .await
         .unwrap();
     let client = EchoClient::new(channel);
-    let counts: HashMap<String, usize> = futures::stream::iter(0..N)
-        .map(|i| {
-            let mut c = client.clone();
-            async move {
-                c.echo(EchoRequest {
-                    message: format!("m{i}"),
-                    ..Default::default()
-                })
-                .await
-                .expect("rpc succeeds")
-                .into_inner()
-                .pod
-            }
-        })
-        .buffer_unordered(8)
-        .fold(HashMap::new(), |mut m, pod| async move {
-            *m.entry(pod).or_default() += 1;
-            m
-        })
-        .await;
+    let counts = count_concurrently(N, |i| {
+        let mut c = client.clone();
+        async move {
+            c.echo(EchoRequest {
+                message: format!("m{i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("rpc succeeds")
+            .into_inner()
+            .pod
+        }
+    })
+    .await;
     assert_even(&counts, N, 3, TOLERANCE);
     proxy.running.shutdown().await;
 }
@@ -170,25 +163,19 @@ async fn http2_one_connection_is_balanced_per_request() {
             .await
             .unwrap();
     tokio::spawn(conn);
-    let counts: HashMap<String, usize> = futures::stream::iter(0..N)
-        .map(|_| {
-            let mut s = sender.clone();
-            async move {
-                let req = http::Request::get("http://echo.test.svc.cluster.local/")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                let resp = s.send_request(req).await.expect("request succeeds");
-                assert_eq!(resp.status(), 200);
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                String::from_utf8_lossy(&body).to_string()
-            }
-        })
-        .buffer_unordered(8)
-        .fold(HashMap::new(), |mut m, b| async move {
-            *m.entry(b).or_default() += 1;
-            m
-        })
-        .await;
+    let counts = count_concurrently(N, |_| {
+        let mut s = sender.clone();
+        async move {
+            let req = http::Request::get("http://echo.test.svc.cluster.local/")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = s.send_request(req).await.expect("request succeeds");
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8_lossy(&body).to_string()
+        }
+    })
+    .await;
     if counts.len() != 3 || counts.values().any(|c| c.abs_diff(N / 3) > N / 20) {
         // Show the balancer's view (latency estimates, in-flight) on failure.
         eprintln!(

@@ -343,26 +343,8 @@ services:
     // Opaque TCP through a service IP, and to an unknown destination
     // (passthrough): byte-exact, with half-close.
     for target in ["10.77.100.2:9000", "10.77.0.12:9000"] {
-        let got = block_in_ns(&client, move || async move {
-            let payload: Vec<u8> = (0..1_000_000u32)
-                .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-                .collect();
-            let mut s = tokio::net::TcpStream::connect(target)
-                .await
-                .expect("connect");
-            let (mut r, mut w) = s.split();
-            let send = async {
-                w.write_all(&payload).await.unwrap();
-                w.shutdown().await.unwrap();
-            };
-            let recv = async {
-                let mut got = Vec::new();
-                r.read_to_end(&mut got).await.unwrap();
-                got
-            };
-            let (_, got) = tokio::join!(send, recv);
-            got == payload
-        });
+        let addr: SocketAddr = target.parse().unwrap();
+        let got = block_in_ns(&client, move || echo_round_trip(addr, 1_000_000));
         assert!(got, "TCP echo via {target} is byte-exact");
     }
 

@@ -243,3 +243,42 @@ pub async fn scrape(addr: SocketAddr) -> String {
     let text = String::from_utf8(out).unwrap();
     text.split_once("\r\n\r\n").unwrap().1.to_string()
 }
+
+/// Sends `len` pseudo-random bytes to a TCP echo at `addr`, half-closes, and
+/// reads everything back: true when the echo is byte-exact.
+pub async fn echo_round_trip(addr: SocketAddr, len: u32) -> bool {
+    let payload: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(&payload).await.unwrap();
+        // Half-close: done sending, still reading the echo.
+        w.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let (_, got) = tokio::join!(send, recv);
+    got == payload
+}
+
+/// Counts the answers of `n` calls made 8 at a time.
+pub async fn count_concurrently<F, Fut>(n: usize, call: F) -> HashMap<String, usize>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(call)
+        .buffer_unordered(8)
+        .fold(HashMap::new(), |mut m, k| async move {
+            *m.entry(k).or_default() += 1;
+            m
+        })
+        .await
+}
