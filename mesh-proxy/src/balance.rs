@@ -31,6 +31,11 @@ pub const EWMA_OUTLIER_CLAMP: f64 = 4.0;
 /// endpoints are tried soon but not flooded.
 pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(1);
 
+/// Cost differences smaller than this ratio are treated as noise by P2C.
+/// Sibling pods of one Deployment differ by tens of percent from moment to
+/// moment; an endpoint has to be clearly slower or busier to lose traffic.
+pub const COST_NOISE_RATIO: f64 = 1.5;
+
 /// Virtual nodes per endpoint on the consistent-hash ring; 100 keeps the
 /// load spread within a few percent for small endpoint sets.
 pub const RING_VNODES: usize = 100;
@@ -300,17 +305,17 @@ impl Balancer {
                 let (ca, cb) = costs(ea, eb);
                 let (lo, hi) = if ca <= cb { (ea, eb) } else { (eb, ea) };
                 let (clo, chi) = (ca.min(cb), ca.max(cb));
-                // Soft choice: the cheaper endpoint wins with probability
-                // chi / (clo + chi). Equal costs are a coin toss, 2x is
-                // 67/33, 10x is 91/9. A hard "always the cheaper" rule turns
-                // measurement noise into a lasting skew between equal
-                // endpoints; the soft rule averages noise out and still
-                // steers traffic away from slow or overloaded ones.
+                // Soft choice: costs within COST_NOISE_RATIO of each other
+                // are a coin toss; beyond it the cheaper endpoint wins with
+                // probability chi / (clo + chi) (2x: 67/33, 10x: 91/9). A
+                // hard "always the cheaper" rule, or a soft rule on small
+                // differences, turns measurement noise and scheduling luck
+                // into a lasting skew between equal endpoints.
                 let p_lo = if soft {
-                    if clo + chi > 0.0 {
-                        chi / (clo + chi)
-                    } else {
+                    if chi <= clo * COST_NOISE_RATIO || clo + chi <= 0.0 {
                         0.5
+                    } else {
+                        chi / (clo + chi)
                     }
                 } else if chi > clo {
                     1.0
