@@ -536,6 +536,47 @@ async fn serve_connection(
     }
 }
 
+/// The per-request service of a downstream connection.
+fn proxy_service(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<body::ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<http::Response<body::ProxyBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    service_fn(move |req| {
+        let shared = shared.clone();
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
+    })
+}
+
+/// Drives a connection until it ends; when the proxy drains, tells it to
+/// finish gracefully (HTTP/1 closes after the current request, HTTP/2 sends
+/// GOAWAY) and waits for that.
+async fn until_drained<C, E>(
+    conn: C,
+    stop: CancellationToken,
+    graceful_shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+) -> std::io::Result<()>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r.map_err(std::io::Error::other),
+        _ = stop.cancelled() => {
+            graceful_shutdown(conn.as_mut());
+            conn.await.map_err(std::io::Error::other)
+        }
+    }
+}
+
 /// Serves HTTP/1 on `io` (after the smuggling guard) until it closes or the
 /// proxy drains.
 pub(crate) async fn serve_http1<I>(
@@ -556,24 +597,13 @@ where
             .with_label_values(&[direction.as_str(), &r.status.to_string()])
             .inc();
     });
-    let svc = service_fn(move |req| {
-        let shared = shared.clone();
-        let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
-    });
+    let svc = proxy_service(shared, info);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(h1_guard::MAX_HEAD_BYTES * 2)
         .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r.map_err(std::io::Error::other),
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await.map_err(std::io::Error::other)
-        }
-    }
+    until_drained(conn, stop, |c| c.graceful_shutdown()).await
 }
 
 /// Serves HTTP/2 on `io` until it closes or the proxy drains.
@@ -586,26 +616,15 @@ pub(crate) async fn serve_http2<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let svc = service_fn(move |req| {
-        let shared = shared.clone();
-        let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(http_proxy::handle(shared, info, req).await) }
-    });
+    let svc = proxy_service(shared, info);
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(h1_guard::MAX_HEAD_BYTES as u32)
-        .initial_stream_window_size(1024 * 1024)
-        .initial_connection_window_size(4 * 1024 * 1024)
+        .initial_stream_window_size(pool::H2_STREAM_WINDOW)
+        .initial_connection_window_size(pool::H2_CONN_WINDOW)
         .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r.map_err(std::io::Error::other),
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await.map_err(std::io::Error::other)
-        }
-    }
+    until_drained(conn, stop, |c| c.graceful_shutdown()).await
 }
 
 /// Picks the endpoint for an opaque TCP connection: TCP routes by port with

@@ -17,11 +17,11 @@ use crate::tls::{MeshTls, ALPN_H2};
 
 /// How long a TCP connect to an endpoint may take before the request fails.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// HTTP/2 flow-control windows toward endpoints: large enough that one
+/// HTTP/2 flow-control windows (toward endpoints and downstream clients): large enough that one
 /// stream can fill a fast local link, fixed so that no BDP probing adds
 /// pings to the request path.
-const H2_STREAM_WINDOW: u32 = 1024 * 1024;
-const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub(crate) const H2_CONN_WINDOW: u32 = 4 * 1024 * 1024;
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_H1_PER_ENDPOINT: usize = 64;
 

@@ -23,6 +23,22 @@ fn config(service: &str, port: u16, protocol: &str, backends: &[std::net::Socket
     )
 }
 
+/// Backends a, b and c serving `echo.test.svc.cluster.local:80`, declared
+/// with `protocol`, behind a proxy's explicit listener.
+async fn three_http_backends_behind_proxy(protocol: &str) -> TestProxy {
+    let backends = vec![
+        http_backend("a").await,
+        http_backend("b").await,
+        http_backend("c").await,
+    ];
+    start_proxy(
+        &config("echo.test.svc.cluster.local", 80, protocol, &backends),
+        &["echo.test.svc.cluster.local:80"],
+        &[],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_one_channel_is_balanced_per_request() {
     let backends = vec![
@@ -63,17 +79,7 @@ async fn grpc_one_channel_is_balanced_per_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_one_keepalive_connection_is_balanced_per_request() {
-    let backends = vec![
-        http_backend("a").await,
-        http_backend("b").await,
-        http_backend("c").await,
-    ];
-    let proxy = start_proxy(
-        &config("echo.test.svc.cluster.local", 80, "HTTP1", &backends),
-        &["echo.test.svc.cluster.local:80"],
-        &[],
-    )
-    .await;
+    let proxy = three_http_backends_behind_proxy("HTTP1").await;
     let stream = tokio::net::TcpStream::connect(proxy.listener(0))
         .await
         .unwrap();
@@ -144,17 +150,7 @@ async fn http1_one_keepalive_connection_is_balanced_per_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_one_connection_is_balanced_per_request() {
-    let backends = vec![
-        http_backend("a").await,
-        http_backend("b").await,
-        http_backend("c").await,
-    ];
-    let proxy = start_proxy(
-        &config("echo.test.svc.cluster.local", 80, "HTTP2", &backends),
-        &["echo.test.svc.cluster.local:80"],
-        &[],
-    )
-    .await;
+    let proxy = three_http_backends_behind_proxy("HTTP2").await;
     let stream = tokio::net::TcpStream::connect(proxy.listener(0))
         .await
         .unwrap();
