@@ -31,7 +31,8 @@ pub const EWMA_OUTLIER_CLAMP: f64 = 4.0;
 /// endpoints are tried soon but not flooded.
 pub const EWMA_DEFAULT_RTT: Duration = Duration::from_millis(1);
 
-/// Cost differences smaller than this ratio are treated as noise by P2C.
+/// Latency differences smaller than this ratio are treated as noise by P2C
+/// (it then balances on in-flight requests alone).
 /// Sibling pods of one Deployment differ by tens of percent from moment to
 /// moment; an endpoint has to be clearly slower or busier to lose traffic.
 pub const COST_NOISE_RATIO: f64 = 1.5;
@@ -125,12 +126,11 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Peak-EWMA cost: estimated latency times (in-flight + 1); `None`
-    /// until the endpoint has answered once.
-    fn cost(&self, now: Instant) -> Option<f64> {
+    /// Estimated latency in nanoseconds; `None` until the endpoint has
+    /// answered once.
+    fn latency(&self, now: Instant) -> Option<f64> {
         let e = self.ewma.lock().ok()?;
-        e.measured
-            .then(|| e.decayed(now) * (self.in_flight() as f64 + 1.0))
+        e.measured.then(|| e.decayed(now))
     }
 
     /// Records one observed latency into the moving average.
@@ -253,16 +253,22 @@ impl Balancer {
             Algorithm::Random => self.random_usable(&usable),
             Algorithm::P2cEwma => {
                 let now = Instant::now();
-                self.p2c(&usable, true, |a, b| match (a.cost(now), b.cost(now)) {
-                    (Some(ca), Some(cb)) => (ca, cb),
-                    // An endpoint that has not answered yet has no latency
-                    // to compare: judge both by in-flight requests, so new
-                    // endpoints get a fair share without being flooded.
-                    _ => (a.in_flight() as f64, b.in_flight() as f64),
+                self.p2c(&usable, |a, b| {
+                    let load = |e: &Endpoint| e.in_flight() as f64 + 1.0;
+                    match (a.latency(now), b.latency(now)) {
+                        // Clearly different latencies: compare latency x load.
+                        (Some(la), Some(lb)) if la.max(lb) > la.min(lb) * COST_NOISE_RATIO => {
+                            (la * load(a), lb * load(b), true)
+                        }
+                        // Latencies within noise of each other (or not yet
+                        // measured): least request, so equal endpoints get
+                        // equal shares and new ones are not flooded.
+                        _ => (load(a), load(b), false),
+                    }
                 })
             }
-            Algorithm::LeastRequest => self.p2c(&usable, false, |a, b| {
-                (a.in_flight() as f64, b.in_flight() as f64)
+            Algorithm::LeastRequest => self.p2c(&usable, |a, b| {
+                (a.in_flight() as f64, b.in_flight() as f64, false)
             }),
             Algorithm::ConsistentHash(key) => match hash_key(key, ctx) {
                 Some(h) => self.ring_lookup(h, &usable),
@@ -284,8 +290,7 @@ impl Balancer {
     fn p2c(
         &self,
         usable: &impl Fn(&Endpoint) -> bool,
-        soft: bool,
-        costs: impl Fn(&Endpoint, &Endpoint) -> (f64, f64),
+        costs: impl Fn(&Endpoint, &Endpoint) -> (f64, f64, bool),
     ) -> Option<Arc<Endpoint>> {
         let n = self.endpoints.len();
         let mut rng = rand::rng();
@@ -302,20 +307,18 @@ impl Balancer {
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
         let chosen = match (usable(ea), usable(eb)) {
             (true, true) => {
-                let (ca, cb) = costs(ea, eb);
+                // `soft`: the cheaper wins with probability chi / (clo + chi)
+                // (2x: 67/33, 10x: 91/9) instead of always; a hard rule on
+                // latency turns measurement noise and scheduling luck into a
+                // lasting skew between equal endpoints.
+                let (ca, cb, soft) = costs(ea, eb);
                 let (lo, hi) = if ca <= cb { (ea, eb) } else { (eb, ea) };
                 let (clo, chi) = (ca.min(cb), ca.max(cb));
-                // Soft choice: costs within COST_NOISE_RATIO of each other
-                // are a coin toss; beyond it the cheaper endpoint wins with
-                // probability chi / (clo + chi) (2x: 67/33, 10x: 91/9). A
-                // hard "always the cheaper" rule, or a soft rule on small
-                // differences, turns measurement noise and scheduling luck
-                // into a lasting skew between equal endpoints.
                 let p_lo = if soft {
-                    if chi <= clo * COST_NOISE_RATIO || clo + chi <= 0.0 {
-                        0.5
-                    } else {
+                    if clo + chi > 0.0 {
                         chi / (clo + chi)
+                    } else {
+                        0.5
                     }
                 } else if chi > clo {
                     1.0
