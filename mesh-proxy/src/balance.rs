@@ -84,15 +84,50 @@ pub struct Endpoint {
 struct Ewma {
     /// Estimated latency in nanoseconds.
     rtt_ns: f64,
+    /// Moving average of how far samples land from the estimate
+    /// (nanoseconds): the endpoint's own jitter.
+    dev_ns: f64,
     stamp: Instant,
     /// Whether any response has been observed yet.
     measured: bool,
 }
 
 impl Ewma {
-    fn decayed(&self, now: Instant) -> f64 {
+    fn decay_factor(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
-        self.rtt_ns * (-elapsed / EWMA_DECAY.as_nanos() as f64).exp()
+        (-elapsed / EWMA_DECAY.as_nanos() as f64).exp()
+    }
+
+    fn decayed(&self, now: Instant) -> f64 {
+        self.rtt_ns * self.decay_factor(now)
+    }
+
+    /// (estimate, jitter) at `now`, both fading at the same rate.
+    fn estimate(&self, now: Instant) -> Latency {
+        let f = self.decay_factor(now);
+        Latency {
+            rtt: self.rtt_ns * f,
+            jitter: self.dev_ns * f,
+        }
+    }
+}
+
+/// An endpoint's latency estimate and jitter, in nanoseconds.
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    rtt: f64,
+    jitter: f64,
+}
+
+impl Latency {
+    /// Whether `self` and `other` differ by more than measurement noise:
+    /// by [`COST_NOISE_RATIO`] and by more than the two endpoints' jitter
+    /// together. On a CPU-starved node every endpoint's answers swing by
+    /// milliseconds; the estimates then cross back and forth and P2C
+    /// balances on in-flight requests instead of chasing the swings.
+    fn clearly_differs(self, other: Latency) -> bool {
+        let (lo, hi) = (self.rtt.min(other.rtt), self.rtt.max(other.rtt));
+        hi > lo * COST_NOISE_RATIO && hi - lo > self.jitter + other.jitter
     }
 }
 
@@ -107,6 +142,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             ewma: Mutex::new(Ewma {
                 rtt_ns: EWMA_DEFAULT_RTT.as_nanos() as f64,
+                dev_ns: 0.0,
                 stamp: Instant::now(),
                 measured: false,
             }),
@@ -126,11 +162,11 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Estimated latency in nanoseconds; `None` until the endpoint has
+    /// Estimated latency and jitter; `None` until the endpoint has
     /// answered once.
-    fn latency(&self, now: Instant) -> Option<f64> {
+    fn latency(&self, now: Instant) -> Option<Latency> {
         let e = self.ewma.lock().ok()?;
-        e.measured.then(|| e.decayed(now))
+        e.measured.then(|| e.estimate(now))
     }
 
     /// Records one observed latency into the moving average.
@@ -138,13 +174,15 @@ impl Endpoint {
         let now = Instant::now();
         if let Ok(mut e) = self.ewma.lock() {
             let sample = rtt.as_nanos() as f64;
-            let current = e.decayed(now);
-            e.rtt_ns = if !e.measured {
-                sample
+            let Latency { rtt, jitter } = e.estimate(now);
+            if !e.measured {
+                e.rtt_ns = sample;
+                e.dev_ns = 0.0;
             } else {
-                let sample = sample.min(current.max(1.0) * EWMA_OUTLIER_CLAMP);
-                EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * current
-            };
+                let sample = sample.min(rtt.max(1.0) * EWMA_OUTLIER_CLAMP);
+                e.rtt_ns = EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * rtt;
+                e.dev_ns = EWMA_ALPHA * (sample - rtt).abs() + (1.0 - EWMA_ALPHA) * jitter;
+            }
             e.stamp = now;
             e.measured = true;
         }
@@ -257,8 +295,8 @@ impl Balancer {
                     let load = |e: &Endpoint| e.in_flight() as f64 + 1.0;
                     match (a.latency(now), b.latency(now)) {
                         // Clearly different latencies: compare latency x load.
-                        (Some(la), Some(lb)) if la.max(lb) > la.min(lb) * COST_NOISE_RATIO => {
-                            (la * load(a), lb * load(b), true)
+                        (Some(la), Some(lb)) if la.clearly_differs(lb) => {
+                            (la.rtt * load(a), lb.rtt * load(b), true)
                         }
                         // Latencies within noise of each other (or not yet
                         // measured): least request, so equal endpoints get

@@ -41,6 +41,56 @@ fn p2c_spreads_equal_endpoints_evenly() {
     }
 }
 
+/// Equal endpoints behind a CPU-starved proxy: most answers take 0.3 ms,
+/// one in eight waits 5-40 ms for a scheduler slot, whichever endpoint it
+/// was sent to. The noise must not turn into a lasting skew.
+#[test]
+fn p2c_treats_scheduling_noise_as_noise() {
+    let b = Balancer::new(endpoints(3), Algorithm::P2cEwma);
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for _ in 0..3000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let e = b.pick(&PickContext::default(), |_| true).unwrap();
+        let rtt = if x % 8 == 0 {
+            Duration::from_millis(5 + (x >> 8) % 36)
+        } else {
+            Duration::from_micros(300)
+        };
+        e.observe(rtt);
+        *seen.entry(e.addr).or_default() += 1;
+    }
+    for c in seen.values() {
+        assert!((850..=1150).contains(c), "{seen:?}");
+    }
+}
+
+#[test]
+fn jitter_decides_what_counts_as_a_difference() {
+    let ep = |samples: &[u64]| {
+        let e = Endpoint::new(SocketAddr::from(([10, 0, 0, 1], 1)));
+        for us in samples {
+            e.observe(Duration::from_micros(*us));
+        }
+        e.latency(Instant::now()).unwrap()
+    };
+    // Steady 1 ms against steady 5 ms: clearly different.
+    let fast = ep(&[1000; 20]);
+    let slow = ep(&[5000; 20]);
+    assert!(fast.clearly_differs(slow) && slow.clearly_differs(fast));
+    // Two equal endpoints on a starved node, caught at different moments
+    // of their swings (the estimates of the CI failure: 1.3 ms and 6.7 ms).
+    let swing = [300, 300, 8000, 300, 12000, 300, 300, 9000, 300, 6000];
+    let a = ep(&swing[..7]);
+    let b = ep(&swing);
+    assert!(a.rtt.max(b.rtt) > a.rtt.min(b.rtt) * COST_NOISE_RATIO);
+    assert!(!a.clearly_differs(b), "{a:?} vs {b:?}");
+    // Small differences never count.
+    assert!(!ep(&[1000; 20]).clearly_differs(ep(&[1400; 20])));
+}
+
 #[test]
 fn p2c_avoids_a_slow_endpoint() {
     let eps = endpoints(3);
