@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out.join("descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
 
+    // Maps are BTreeMaps: their encoding (and so config hashes, versions
+    // and config dumps) is the same in every process.
     tonic_prost_build::configure()
+        .btree_map(".")
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
         .compile_fds(fds)?;
@@ -25,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
+        .btree_map(["."])
         .build(&[".mesh"])?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! instance the Rust types reject cannot stop the list or the watch of its
 //! kind.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kube::api::{ApiResource, DynamicObject, TypeMeta};
@@ -118,6 +118,9 @@ pub(crate) struct MeshHandler {
     status: Arc<StatusWriter>,
     /// Resources seen during the current relist.
     seen: HashSet<ResourceRef>,
+    /// The last version of each resource that could be read: it stays in
+    /// effect while a newer version is malformed.
+    last_good: HashMap<ResourceRef, Object>,
 }
 
 impl MeshHandler {
@@ -127,6 +130,7 @@ impl MeshHandler {
             kind,
             status,
             seen: HashSet::new(),
+            last_good: HashMap::new(),
         }
     }
 
@@ -161,6 +165,8 @@ impl Handler<DynamicObject> for MeshHandler {
 
     fn relist_done(&mut self) {
         self.status.retain_kind(self.kind.kind, &self.seen);
+        let seen = &self.seen;
+        self.last_good.retain(|r, _| seen.contains(r));
     }
 
     fn apply(&mut self, obj: DynamicObject) -> Applied {
@@ -172,10 +178,18 @@ impl Handler<DynamicObject> for MeshHandler {
         match self.kind.decode(obj) {
             Ok(resource) => {
                 debug!(resource = %rref, "mesh resource applied");
-                let _ = self.status.observe(rref, uid, accepted, None);
-                Applied::Object(Object::Mesh(Arc::new(resource)))
+                let _ = self.status.observe(rref.clone(), uid, accepted, None);
+                let obj = Object::Mesh(Arc::new(resource));
+                self.last_good.insert(rref, obj.clone());
+                Applied::Object(obj)
             }
             Err(message) => {
+                let last_good = self.last_good.get(&rref).cloned();
+                let message = if last_good.is_some() {
+                    format!("{message} (the last accepted version stays in effect)")
+                } else {
+                    message
+                };
                 let status = ResourceStatus {
                     resource: rref.clone(),
                     generation,
@@ -197,7 +211,7 @@ impl Handler<DynamicObject> for MeshHandler {
                     debug!(resource = %rref, "still malformed: {message}");
                 }
                 let key = ObjKey::new(&rref.namespace, &rref.name);
-                Applied::Rejected(key)
+                Applied::Rejected(key, last_good)
             }
         }
     }
@@ -206,6 +220,7 @@ impl Handler<DynamicObject> for MeshHandler {
         let rref = self.resource_ref(&obj);
         debug!(resource = %rref, "mesh resource deleted");
         self.status.forget(&rref);
+        self.last_good.remove(&rref);
         ObjKey::new(rref.namespace, rref.name)
     }
 }

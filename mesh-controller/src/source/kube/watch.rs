@@ -40,8 +40,9 @@ pub(crate) enum Msg {
 pub(crate) enum Applied {
     /// Report it.
     Object(Object),
-    /// It cannot be used (malformed): the mesh treats it as absent.
-    Rejected(ObjKey),
+    /// It cannot be used (malformed). The mesh keeps the last version that
+    /// could be read, when there is one, and treats it as absent otherwise.
+    Rejected(ObjKey, Option<Object>),
 }
 
 /// How a watch loop handles the objects of one kind.
@@ -176,7 +177,7 @@ impl Converter {
                 None
             }
             Event::InitApply(obj) => {
-                if let Applied::Object(obj) = handler.apply(obj) {
+                if let Applied::Object(obj) | Applied::Rejected(_, Some(obj)) = handler.apply(obj) {
                     self.relist.get_or_insert_with(Vec::new).push(obj);
                 }
                 None
@@ -190,7 +191,8 @@ impl Converter {
             }
             Event::Apply(obj) => Some(match handler.apply(obj) {
                 Applied::Object(obj) => Change::Upsert(obj),
-                Applied::Rejected(key) => Change::Delete(kind, key),
+                Applied::Rejected(_, Some(last_good)) => Change::Upsert(last_good),
+                Applied::Rejected(key, None) => Change::Delete(kind, key),
             }),
             Event::Delete(obj) => Some(Change::Delete(kind, handler.delete(obj))),
         }
@@ -392,7 +394,7 @@ mod tests {
             "test objects"
         }
         fn apply(&mut self, obj: Pod) -> Applied {
-            Applied::Rejected(ObjKey::of(&obj))
+            Applied::Rejected(ObjKey::of(&obj), None)
         }
         fn delete(&mut self, obj: Pod) -> ObjKey {
             ObjKey::of(&obj)
@@ -406,7 +408,7 @@ mod tests {
         c.convert(&mut Rejecting, Event::InitApply(pod("bad", "10.0.0.1")));
         let replace = c.convert(&mut Rejecting, Event::InitDone).expect("replace");
         assert!(keys(&replace).is_empty());
-        // A live update that turns an object malformed removes it.
+        // A malformed object that was never readable stays absent.
         let del = c
             .convert(&mut Rejecting, Event::Apply(pod("bad", "10.0.0.1")))
             .expect("delete");

@@ -1,0 +1,236 @@
+//! One proxy's view of a [`Snapshot`]: only the services it may use and the
+//! inbound policy of its own workload, never the whole mesh.
+//!
+//! Visible to a proxy in namespace `N`: the services of `N`, services
+//! exported to `N` (or to every namespace), and — transitively — the
+//! services those services' routes send or mirror to. Proxies in one
+//! namespace share one computed list.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use mesh_proto::config::v1 as pb;
+
+use crate::translate::Snapshot;
+
+/// Who a proxy is, as the controller has established it (from its
+/// certificate and the pod it names).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyMeta {
+    pub namespace: String,
+    pub pod: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The services visible from one namespace.
+#[derive(Debug, PartialEq)]
+pub struct Visible {
+    /// Sorted by name.
+    pub services: Vec<Arc<pb::Service>>,
+    /// Combined hash of the services.
+    pub hash: u64,
+}
+
+/// The parts of a proxy's config that the controller computes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    pub services: Arc<Visible>,
+    pub inbound: pb::InboundPolicy,
+    pub trust_bundle: Arc<Vec<String>>,
+}
+
+impl View {
+    /// A content hash of the whole view: equal views have equal hashes in
+    /// every controller process, so a reconnecting proxy that already has
+    /// this content gets no resend.
+    pub fn hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.services.hash.hash(&mut h);
+        prost::Message::encode_to_vec(&self.inbound).hash(&mut h);
+        self.trust_bundle.hash(&mut h);
+        h.finish()
+    }
+
+    /// The whole config (for a full response, config dumps and tests).
+    pub fn to_config(&self, version: &str) -> pb::ProxyConfig {
+        pb::ProxyConfig {
+            version: version.to_string(),
+            services: self
+                .services
+                .services
+                .iter()
+                .map(|s| (**s).clone())
+                .collect(),
+            inbound: Some(self.inbound.clone()),
+            trust_bundle_pem: self.trust_bundle.as_ref().clone(),
+            settings: None,
+            gateway_listeners: Vec::new(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// The view of the proxy `meta`.
+    pub fn view(&self, meta: &ProxyMeta) -> View {
+        View {
+            services: self.visible(&meta.namespace),
+            inbound: self.inbound(meta),
+            trust_bundle: self.trust_bundle.clone(),
+        }
+    }
+
+    /// Services visible from `namespace`, sorted by name.
+    pub fn visible(&self, namespace: &str) -> Arc<Visible> {
+        if let Some(v) = self
+            .visible_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(namespace).cloned())
+        {
+            return v;
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut queue: VecDeque<&str> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.export.allows(&s.proto.namespace, namespace))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        while let Some(name) = queue.pop_front() {
+            if !seen.insert(name) {
+                continue;
+            }
+            if let Some(s) = self.services.get(name) {
+                queue.extend(s.references.iter().map(String::as_str));
+            }
+        }
+        let mut models: Vec<_> = seen
+            .into_iter()
+            .filter_map(|n| self.services.get(n))
+            .collect();
+        models.sort_by(|a, b| a.proto.name.cmp(&b.proto.name));
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            for m in &models {
+                m.hash.hash(&mut h);
+            }
+            h.finish()
+        };
+        let list = Arc::new(Visible {
+            services: models.iter().map(|m| m.proto.clone()).collect(),
+            hash,
+        });
+        if let Ok(mut c) = self.visible_cache.lock() {
+            c.insert(namespace.to_string(), list.clone());
+        }
+        list
+    }
+
+    /// The inbound policy of the workload `meta`: the most specific
+    /// PeerAuthentication (workload > namespace > mesh) decides the mode,
+    /// port modes come from the most specific one that sets them, and
+    /// every AuthorizationPolicy that selects the workload applies.
+    pub fn inbound(&self, meta: &ProxyMeta) -> pb::InboundPolicy {
+        let mut pas: Vec<_> = self
+            .peer_auth
+            .iter()
+            .filter(|p| p.applies_to(&meta.namespace, &meta.labels))
+            .collect();
+        pas.sort_by_key(|p| std::cmp::Reverse(p.specificity()));
+        let mode = pas
+            .iter()
+            .find_map(|p| p.value.mode)
+            .unwrap_or(pb::PeerAuthMode::Permissive);
+        let port_modes = pas
+            .iter()
+            .find(|p| !p.value.port_modes.is_empty())
+            .map(|p| {
+                p.value
+                    .port_modes
+                    .iter()
+                    .map(|(k, v)| (*k, *v as i32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut authorization: Vec<pb::AuthorizationPolicy> = self
+            .authz
+            .iter()
+            .filter(|a| a.applies_to(&meta.namespace, &meta.labels))
+            .map(|a| (*a.value).clone())
+            .collect();
+        authorization.sort_by(|a, b| a.name.cmp(&b.name));
+        pb::InboundPolicy {
+            mode: mode as i32,
+            port_modes,
+            authorization,
+        }
+    }
+}
+
+/// What changed between the view a stream last sent and the current one.
+#[derive(Debug, Default, PartialEq)]
+pub struct Diff {
+    pub upserted: Vec<Arc<pb::Service>>,
+    pub removed: Vec<String>,
+    pub inbound: Option<pb::InboundPolicy>,
+    pub trust_bundle: Option<Vec<String>>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.upserted.is_empty()
+            && self.removed.is_empty()
+            && self.inbound.is_none()
+            && self.trust_bundle.is_none()
+    }
+
+    /// Between `old` and `new` (services compare by pointer first: an
+    /// unchanged service keeps its `Arc` across snapshots).
+    pub fn between(old: &View, new: &View) -> Diff {
+        let mut diff = Diff::default();
+        if !Arc::ptr_eq(&old.services, &new.services) {
+            let before: std::collections::HashMap<&str, &Arc<pb::Service>> = old
+                .services
+                .services
+                .iter()
+                .map(|s| (s.name.as_str(), s))
+                .collect();
+            let mut still = HashSet::new();
+            for s in new.services.services.iter() {
+                still.insert(s.name.as_str());
+                match before.get(s.name.as_str()) {
+                    Some(b) if Arc::ptr_eq(b, s) || ***b == **s => {}
+                    _ => diff.upserted.push(s.clone()),
+                }
+            }
+            diff.removed = before
+                .keys()
+                .filter(|n| !still.contains(*n))
+                .map(|n| n.to_string())
+                .collect();
+            diff.removed.sort();
+        }
+        if old.inbound != new.inbound {
+            diff.inbound = Some(new.inbound.clone());
+        }
+        if old.trust_bundle != new.trust_bundle {
+            diff.trust_bundle = Some(new.trust_bundle.as_ref().clone());
+        }
+        diff
+    }
+
+    /// As an incremental response's config.
+    pub fn to_config(&self, version: &str) -> pb::ProxyConfig {
+        pb::ProxyConfig {
+            version: version.to_string(),
+            services: self.upserted.iter().map(|s| (**s).clone()).collect(),
+            inbound: self.inbound.clone(),
+            trust_bundle_pem: self.trust_bundle.clone().unwrap_or_default(),
+            settings: None,
+            gateway_listeners: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The config stream over real mTLS on loopback: a controller in local mode
+//! (a directory of YAML) and gRPC clients holding certificates from a real
+//! mesh-ca authority.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_controller::identity::{Material, ServerTls};
+use mesh_controller::push::Debounce;
+use mesh_controller::run::{ControllerConfig, Running};
+use mesh_controller::server::StreamConfig;
+use mesh_controller::source::dir::DirSource;
+use mesh_controller::translate::TranslateConfig;
+use mesh_proto::config::v1::{
+    config_discovery_client::ConfigDiscoveryClient, discovery_request, Ack, DiscoveryRequest,
+    DiscoveryResponse, Hello, Nack,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::mpsc;
+
+fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> Material {
+    let id = mesh_api::WorkloadIdentity::new("cluster.local", ns, sa).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.uri().as_str().try_into().unwrap())];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let leaf = ca.sign(&id, &csr, Duration::from_secs(3600)).unwrap();
+    Material {
+        chain: CertificateDer::pem_slice_iter(leaf.cert_chain_pem.join("\n").as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap(),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        trust_bundle_pem: leaf.trust_bundle_pem,
+        not_after: leaf.not_after,
+    }
+}
+
+/// Accepts any server certificate: these tests are about the server's
+/// side (the proxy's verification of the controller is tested with the
+/// real proxy).
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn channel(addr: std::net::SocketAddr, me: &Material) -> tonic::transport::Channel {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(me.chain.clone(), me.key.clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = Arc::new(config);
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(
+                    rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                    tcp,
+                )
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap()
+}
+
+/// One proxy's stream.
+struct Stream {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl Stream {
+    async fn open(
+        addr: std::net::SocketAddr,
+        me: &Material,
+        ns: &str,
+        sa: &str,
+        resume: &str,
+    ) -> Result<Stream, tonic::Status> {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(DiscoveryRequest {
+            kind: Some(discovery_request::Kind::Hello(Hello {
+                pod: format!("{sa}-1"),
+                namespace: ns.into(),
+                service_account: sa.into(),
+                resume_version: resume.into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let rx = ConfigDiscoveryClient::new(channel(addr, me).await)
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Stream { tx, rx })
+    }
+
+    async fn next(&mut self) -> Result<DiscoveryResponse, tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response within 5 s")?
+            .ok_or_else(|| tonic::Status::cancelled("stream ended"))
+    }
+
+    async fn ack(&self, r: &DiscoveryResponse) {
+        self.tx
+            .send(DiscoveryRequest {
+                kind: Some(discovery_request::Kind::Ack(Ack {
+                    version: r.version.clone(),
+                    nonce: r.nonce.clone(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    // Write then rename, so the poller never reads half a file.
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+fn service(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n"
+    )
+}
+
+fn slice(ns: &str, name: &str, ips: &[&str]) -> String {
+    let eps: String = ips
+        .iter()
+        .map(|ip| format!("  - addresses: [{ip}]\n"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n{eps}"
+    )
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    ca: mesh_ca::authority::Authority,
+    controller: Running,
+}
+
+async fn start() -> Fixture {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    write(
+        &dir,
+        "web.yaml",
+        &(service("shop", "web") + "---\n" + &slice("shop", "web", &["10.0.0.1"])),
+    );
+    write(&dir, "cart.yaml", &service("shop", "cart"));
+    write(&dir, "other.yaml", &service("other", "private"));
+    let ca = mesh_ca::authority::Authority::generate().unwrap();
+    let tls = ServerTls::from_material(&issue(&ca, "mesh-system", "mesh-controller")).unwrap();
+    let source = Arc::new(DirSource::new(&dir, Duration::from_millis(50)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let controller = mesh_controller::run::start(
+        source,
+        tls,
+        listener,
+        None,
+        ControllerConfig {
+            translate: TranslateConfig::default(),
+            debounce: Debounce {
+                quiet: Duration::from_millis(20),
+                max_wait: Duration::from_millis(200),
+            },
+            stream: StreamConfig {
+                trust_domain: "cluster.local".into(),
+                require_pod: false,
+                max_concurrent_sends: 4,
+            },
+        },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    Fixture {
+        _dir: tmp,
+        dir,
+        ca,
+        controller,
+    }
+}
+
+fn names(r: &DiscoveryResponse) -> Vec<String> {
+    let mut n: Vec<String> = r
+        .config
+        .as_ref()
+        .map(|c| c.services.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn full_then_incremental_updates_and_removals() {
+    let f = start().await;
+    let me = issue(&f.ca, "shop", "web");
+    let mut s = Stream::open(f.controller.grpc_addr, &me, "shop", "web", "")
+        .await
+        .unwrap();
+    let first = s.next().await.unwrap();
+    assert!(first.full);
+    // Its own namespace only: not other/private.
+    assert_eq!(
+        names(&first),
+        ["cart.shop.svc.cluster.local", "web.shop.svc.cluster.local"]
+    );
+    let config = first.config.as_ref().unwrap();
+    assert!(
+        !config.trust_bundle_pem.is_empty(),
+        "the trust bundle is sent"
+    );
+    assert!(config.inbound.is_some());
+    s.ack(&first).await;
+
+    // An endpoint change: only that service, incrementally.
+    write(
+        &f.dir,
+        "web.yaml",
+        &(service("shop", "web") + "---\n" + &slice("shop", "web", &["10.0.0.1", "10.0.0.2"])),
+    );
+    let update = s.next().await.unwrap();
+    assert!(!update.full);
+    assert_eq!(names(&update), ["web.shop.svc.cluster.local"]);
+    let web = &update.config.as_ref().unwrap().services[0];
+    assert_eq!(web.endpoints.len(), 2);
+    assert_eq!(web.endpoints[1].ports.get(&80), Some(&8080));
+    assert_ne!(update.version, first.version);
+    s.ack(&update).await;
+
+    // A deletion.
+    std::fs::remove_file(f.dir.join("cart.yaml")).unwrap();
+    let removal = s.next().await.unwrap();
+    assert!(!removal.full);
+    assert_eq!(removal.removed_services, ["cart.shop.svc.cluster.local"]);
+    assert!(names(&removal).is_empty());
+    s.ack(&removal).await;
+
+    // The sync registry shows the proxy in sync at that version.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let latest = f.controller.snapshots.borrow().as_ref().unwrap().version;
+    let report = f.controller.sync.report(latest);
+    assert_eq!(report.proxies.len(), 1);
+    assert_eq!(report.proxies[0].proxy.acked, removal.version);
+    assert_eq!(report.proxies[0].status, "SYNCED");
+    f.controller.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hello_for_another_identity_is_refused() {
+    let f = start().await;
+    let me = issue(&f.ca, "shop", "web");
+    let mut s = match Stream::open(f.controller.grpc_addr, &me, "shop", "admin", "").await {
+        Ok(s) => s,
+        Err(e) => {
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+            return;
+        }
+    };
+    let e = s.next().await.expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(
+        e.message()
+            .contains("spiffe://cluster.local/ns/shop/sa/web"),
+        "{e}"
+    );
+    f.controller.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_nack_makes_the_next_response_full_and_resume_skips_known_content() {
+    let f = start().await;
+    let me = issue(&f.ca, "shop", "web");
+    let mut s = Stream::open(f.controller.grpc_addr, &me, "shop", "web", "")
+        .await
+        .unwrap();
+    let first = s.next().await.unwrap();
+    s.tx.send(DiscoveryRequest {
+        kind: Some(discovery_request::Kind::Nack(Nack {
+            version: first.version.clone(),
+            nonce: first.nonce.clone(),
+            reason: "services[0].ports: test refusal".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let latest = f.controller.snapshots.borrow().as_ref().unwrap().version;
+    let report = f.controller.sync.report(latest);
+    assert_eq!(report.proxies[0].status, "NACKED");
+    assert_eq!(
+        report.proxies[0].proxy.nacked.as_ref().unwrap().1,
+        "services[0].ports: test refusal"
+    );
+    write(&f.dir, "new.yaml", &service("shop", "new"));
+    let next = s.next().await.unwrap();
+    assert!(next.full, "after a NACK the controller resends everything");
+    assert_eq!(names(&next).len(), 3);
+    s.ack(&next).await;
+    drop(s);
+
+    // Reconnect claiming exactly this content: nothing is resent.
+    let mut again = Stream::open(f.controller.grpc_addr, &me, "shop", "web", &next.version)
+        .await
+        .unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(500), again.rx.message()).await;
+    assert!(
+        quiet.is_err(),
+        "no response for content the proxy has: {quiet:?}"
+    );
+    // Another version: a full response.
+    let mut stale = Stream::open(
+        f.controller.grpc_addr,
+        &me,
+        "shop",
+        "web",
+        "1.0123456789abcdef",
+    )
+    .await
+    .unwrap();
+    assert!(stale.next().await.unwrap().full);
+    f.controller.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_update_keeps_the_last_good_route_and_says_why() {
+    let f = start().await;
+    let vs = |regex: &str| {
+        format!(
+            "apiVersion: networking.mesh.dev/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hosts: [web]\n  http:\n    - match: [{{uri: {{regex: \"{regex}\"}}}}]\n      route: [{{destination: {{host: web}}}}]\n"
+        )
+    };
+    write(&f.dir, "vs.yaml", &vs("^/good/.*"));
+    let me = issue(&f.ca, "shop", "web");
+    let mut s = Stream::open(f.controller.grpc_addr, &me, "shop", "web", "")
+        .await
+        .unwrap();
+    let mut r = s.next().await.unwrap();
+    let route_regex = |r: &DiscoveryResponse| {
+        r.config
+            .as_ref()
+            .unwrap()
+            .services
+            .iter()
+            .find(|s| s.name.starts_with("web."))
+            .map(|s| format!("{:?}", s.http_routes[0].matches[0].uri))
+    };
+    // The first response may predate the VirtualService.
+    while route_regex(&r).is_none_or(|m| !m.contains("good")) {
+        s.ack(&r).await;
+        r = s.next().await.unwrap();
+    }
+    s.ack(&r).await;
+    write(&f.dir, "vs.yaml", &vs("^/bad/(unclosed"));
+    // The status says why; the model keeps the last good route.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let snap = f.controller.snapshots.borrow().clone().unwrap();
+        let st = snap
+            .statuses
+            .iter()
+            .find(|s| s.resource.name == "web")
+            .unwrap()
+            .clone();
+        if !st.accepted {
+            assert!(
+                st.message.contains("spec.http[0].match[0].uri"),
+                "{}",
+                st.message
+            );
+            assert!(
+                st.message.contains("last accepted version stays"),
+                "{}",
+                st.message
+            );
+            let web = snap.services.get("web.shop.svc.cluster.local").unwrap();
+            assert!(format!("{:?}", web.proto.http_routes[0].matches[0].uri).contains("good"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never turned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing was pushed for the invalid version.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), s.rx.message()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+    f.controller.shutdown().await;
+}
