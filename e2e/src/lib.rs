@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, LogParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -359,6 +360,36 @@ pub fn last_json(logs: &str) -> Result<serde_json::Value> {
                 .filter(|v| v.is_object())
         })
         .with_context(|| format!("no JSON report in output:\n{logs}"))
+}
+
+/// Server-side applies every mesh CRD and waits until each is Established.
+pub async fn install_crds(c: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let params = PatchParams::apply("mesh-e2e").force();
+    for crd in mesh_api::crds::all() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        wait_for(
+            &format!("CRD {name} established"),
+            Duration::from_secs(15),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await?;
+                    let established = crd.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                    Ok(established.then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use e2e::{client, wait_for, TestNamespace};
+use e2e::{client, install_crds, wait_for, TestNamespace};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -43,32 +43,6 @@ fn init_logs() {
         )
         .with_test_writer()
         .try_init();
-}
-
-/// Server-side applies every mesh CRD and waits until each is Established.
-async fn install_crds(c: &Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(c.clone());
-    let params = PatchParams::apply("mesh-e2e").force();
-    for crd in mesh_api::crds::all() {
-        let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("applying CRD {name}"))?;
-        wait_for(&format!("CRD {name} established"), WAIT, || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await?;
-                let established = crd.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-                Ok(established.then_some(()))
-            }
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 /// A running `KubeSource` and the changes it reports.

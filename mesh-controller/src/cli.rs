@@ -54,6 +54,9 @@ pub struct Cli {
     /// Proxy views computed and sent at once.
     #[arg(long, default_value_t = 64)]
     pub max_concurrent_sends: usize,
+    /// Local mode: how often the config directory is checked for changes.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
 
     /// The controller's certificate chain (PEM), instead of asking mesh-ca.
     #[arg(long, value_name = "PEM", requires_all = ["tls_key", "trust_bundle"], conflicts_with = "ca_addr")]
@@ -165,7 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         });
     }
     let source: Arc<dyn Source> = match &cli.config_dir {
-        Some(dir) => Arc::new(DirSource::new(dir, Duration::from_millis(500))),
+        Some(dir) => Arc::new(DirSource::new(dir, cli.poll_interval)),
         None => kube_source(&cli, stop.clone()).await?,
     };
     let tls = ServerTls::start(cli.identity()?, stop.clone()).await?;

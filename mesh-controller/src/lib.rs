@@ -19,6 +19,8 @@ pub mod run;
 pub mod server;
 pub mod source;
 pub mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod translate;
 pub mod view;
 pub mod world;

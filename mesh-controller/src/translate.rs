@@ -571,11 +571,14 @@ fn service_endpoints(
                         .get(&ObjKey::new(pns, r.name.clone().unwrap_or_default()))
                 });
             for address in &ep.addresses {
+                // Without a pod, each slice's address is its own endpoint
+                // (local mode: many backends on 127.0.0.1, one slice each).
+                let who = match pod {
+                    Some(p) => p.name.clone(),
+                    None => format!("slice:{}", slice.metadata.name.as_deref().unwrap_or("")),
+                };
                 let entry = out
-                    .entry((
-                        address.clone(),
-                        pod.map(|p| p.name.clone()).unwrap_or_default(),
-                    ))
+                    .entry((address.clone(), who))
                     .or_insert_with(|| pb::Endpoint {
                         address: address.clone(),
                         ..Default::default()

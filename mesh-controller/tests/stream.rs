@@ -11,14 +11,11 @@ use mesh_controller::push::Debounce;
 use mesh_controller::run::{ControllerConfig, Running};
 use mesh_controller::server::StreamConfig;
 use mesh_controller::source::dir::DirSource;
+use mesh_controller::testing::Stream;
 use mesh_controller::translate::TranslateConfig;
-use mesh_proto::config::v1::{
-    config_discovery_client::ConfigDiscoveryClient, discovery_request, Ack, DiscoveryRequest,
-    DiscoveryResponse, Hello, Nack,
-};
+use mesh_proto::config::v1::{discovery_request, DiscoveryRequest, DiscoveryResponse, Nack};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::sync::mpsc;
 
 fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> Material {
     let id = mesh_api::WorkloadIdentity::new("cluster.local", ns, sa).unwrap();
@@ -34,128 +31,6 @@ fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> Material {
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         trust_bundle_pem: leaf.trust_bundle_pem,
         not_after: leaf.not_after,
-    }
-}
-
-/// Accepts any server certificate: these tests are about the server's
-/// side (the proxy's verification of the controller is tested with the
-/// real proxy).
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-async fn channel(addr: std::net::SocketAddr, me: &Material) -> tonic::transport::Channel {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(me.chain.clone(), me.key.clone_key())
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = Arc::new(config);
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let config = config.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(
-                    rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
-                    tcp,
-                )
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(connector)
-        .await
-        .unwrap()
-}
-
-/// One proxy's stream.
-struct Stream {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: tonic::Streaming<DiscoveryResponse>,
-}
-
-impl Stream {
-    async fn open(
-        addr: std::net::SocketAddr,
-        me: &Material,
-        ns: &str,
-        sa: &str,
-        resume: &str,
-    ) -> Result<Stream, tonic::Status> {
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(DiscoveryRequest {
-            kind: Some(discovery_request::Kind::Hello(Hello {
-                pod: format!("{sa}-1"),
-                namespace: ns.into(),
-                service_account: sa.into(),
-                resume_version: resume.into(),
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
-        let rx = ConfigDiscoveryClient::new(channel(addr, me).await)
-            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok(Stream { tx, rx })
-    }
-
-    async fn next(&mut self) -> Result<DiscoveryResponse, tonic::Status> {
-        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
-            .await
-            .expect("a response within 5 s")?
-            .ok_or_else(|| tonic::Status::cancelled("stream ended"))
-    }
-
-    async fn ack(&self, r: &DiscoveryResponse) {
-        self.tx
-            .send(DiscoveryRequest {
-                kind: Some(discovery_request::Kind::Ack(Ack {
-                    version: r.version.clone(),
-                    nonce: r.nonce.clone(),
-                })),
-            })
-            .await
-            .unwrap();
     }
 }
 

@@ -1,0 +1,149 @@
+//! A test client of the config stream (feature `testing`): what a proxy
+//! does on the wire, without the proxy. For tests and benchmarks only: it
+//! accepts any server certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::config::v1::{
+    config_discovery_client::ConfigDiscoveryClient, discovery_request, Ack, DiscoveryRequest,
+    DiscoveryResponse, Hello,
+};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+
+use crate::identity::Material;
+
+/// Accepts any server certificate: these tests are about the server's
+/// side (the proxy's verification of the controller is tested with the
+/// real proxy).
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub async fn channel(addr: std::net::SocketAddr, me: &Material) -> tonic::transport::Channel {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(me.chain.clone(), me.key.clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = Arc::new(config);
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(
+                    rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                    tcp,
+                )
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap()
+}
+
+/// One proxy's stream.
+pub struct Stream {
+    pub tx: mpsc::Sender<DiscoveryRequest>,
+    pub rx: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl Stream {
+    /// Opens a stream as `ns/sa` (pod `<sa>-1`), resuming from `resume`.
+    pub async fn open(
+        addr: SocketAddr,
+        me: &Material,
+        ns: &str,
+        sa: &str,
+        resume: &str,
+    ) -> Result<Stream, tonic::Status> {
+        let hello = Hello {
+            pod: format!("{sa}-1"),
+            namespace: ns.into(),
+            service_account: sa.into(),
+            resume_version: resume.into(),
+            ..Default::default()
+        };
+        Self::open_with(addr, me, hello).await
+    }
+
+    /// Opens a stream with `hello`.
+    pub async fn open_with(
+        addr: SocketAddr,
+        me: &Material,
+        hello: Hello,
+    ) -> Result<Stream, tonic::Status> {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(DiscoveryRequest {
+            kind: Some(discovery_request::Kind::Hello(hello)),
+        })
+        .await
+        .expect("the request channel is open");
+        let rx = ConfigDiscoveryClient::new(channel(addr, me).await)
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Stream { tx, rx })
+    }
+
+    pub async fn next(&mut self) -> Result<DiscoveryResponse, tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response within 5 s")?
+            .ok_or_else(|| tonic::Status::cancelled("stream ended"))
+    }
+
+    pub async fn ack(&self, r: &DiscoveryResponse) {
+        self.tx
+            .send(DiscoveryRequest {
+                kind: Some(discovery_request::Kind::Ack(Ack {
+                    version: r.version.clone(),
+                    nonce: r.nonce.clone(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
