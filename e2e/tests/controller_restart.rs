@@ -22,24 +22,16 @@ use mesh_controller::push::Debounce;
 use mesh_controller::run::{ControllerConfig, Running};
 use mesh_controller::server::StreamConfig;
 use mesh_controller::source::dir::DirSource;
+use mesh_controller::testing::{self, write_atomic as write};
 use mesh_controller::translate::TranslateConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
-/// Issues a certificate for `ns/sa`; returns (chain PEM, key PEM, bundle PEM).
-fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> (String, String, String) {
-    let id = mesh_api::WorkloadIdentity::new("cluster.local", ns, sa).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(id.uri().as_str().try_into().unwrap())];
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    let leaf = ca.sign(&id, &csr, Duration::from_secs(3600)).unwrap();
-    (
-        leaf.cert_chain_pem.join("\n"),
-        key.serialize_pem(),
-        leaf.trust_bundle_pem.join("\n"),
-    )
+/// Issues a certificate for `ns/sa`.
+fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> testing::Issued {
+    testing::issue(ns, sa, |id, csr| {
+        let leaf = ca.sign(id, csr, Duration::from_secs(3600)).unwrap();
+        (leaf.cert_chain_pem, leaf.trust_bundle_pem)
+    })
 }
 
 async fn backend(name: &'static str) -> SocketAddr {
@@ -59,12 +51,6 @@ async fn backend(name: &'static str) -> SocketAddr {
         }
     });
     addr
-}
-
-fn write(dir: &Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
 }
 
 fn endpoint_slice(name: &str, port: u16) -> String {
@@ -140,24 +126,16 @@ async fn controller_restart_under_traffic_fails_no_request_and_resyncs() {
     write(&conf, "web-b.yaml", &endpoint_slice("web-b", b.port()));
 
     let ca = mesh_ca::authority::Authority::generate().unwrap();
-    let (cert, key, bundle) = issue(&ca, "mesh-system", "mesh-controller");
-    let controller_tls = Material {
-        chain: CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap(),
-        key: PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-        trust_bundle_pem: vec![bundle.clone()],
-        not_after: std::time::SystemTime::now() + Duration::from_secs(3600),
-    };
+    let controller_tls = issue(&ca, "mesh-system", "mesh-controller").material;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let controller_addr = listener.local_addr().unwrap();
     let controller = start_controller(&conf, listener, &controller_tls).await;
 
-    let (cert, key, bundle) = issue(&ca, "demo", "client");
+    let me = issue(&ca, "demo", "client");
     for (f, pem) in [
-        ("cert.pem", &cert),
-        ("key.pem", &key),
-        ("bundle.pem", &bundle),
+        ("cert.pem", &me.chain_pem),
+        ("key.pem", &me.key_pem),
+        ("bundle.pem", &me.trust_bundle_pem),
     ] {
         std::fs::write(work.path().join(f), pem).unwrap();
     }

@@ -24,27 +24,19 @@ use mesh_controller::push::Debounce;
 use mesh_controller::run::ControllerConfig;
 use mesh_controller::server::StreamConfig;
 use mesh_controller::source::kube::KubeSource;
-use mesh_controller::testing::Stream;
+use mesh_controller::testing::{self, Stream};
 use mesh_controller::translate::TranslateConfig;
 use mesh_proto::config::v1::{DiscoveryResponse, Hello};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 
-fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> Result<Material> {
-    let id = mesh_api::WorkloadIdentity::new("cluster.local", ns, sa)?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(id.uri().as_str().try_into()?)];
-    let csr = params.serialize_request(&key)?.pem()?;
-    let leaf = ca.sign(&id, &csr, Duration::from_secs(3600))?;
-    Ok(Material {
-        chain: CertificateDer::pem_slice_iter(leaf.cert_chain_pem.join("\n").as_bytes())
-            .collect::<Result<_, _>>()?,
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        trust_bundle_pem: leaf.trust_bundle_pem,
-        not_after: leaf.not_after,
+fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> Material {
+    testing::issue(ns, sa, |id, csr| {
+        let leaf = ca
+            .sign(id, csr, Duration::from_secs(3600))
+            .expect("signing");
+        (leaf.cert_chain_pem, leaf.trust_bundle_pem)
     })
+    .material
 }
 
 /// Receives (and ACKs) responses until one satisfies `done`; returns it and
@@ -96,7 +88,7 @@ async fn controller_streams_kubernetes_changes_to_a_proxy() -> Result<()> {
     .await?;
 
     let ca = mesh_ca::authority::Authority::generate()?;
-    let tls = ServerTls::from_material(&issue(&ca, "mesh-system", "mesh-controller")?)?;
+    let tls = ServerTls::from_material(&issue(&ca, "mesh-system", "mesh-controller"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let controller = mesh_controller::run::start(
         Arc::new(KubeSource::new(c.clone(), None)),
@@ -116,7 +108,7 @@ async fn controller_streams_kubernetes_changes_to_a_proxy() -> Result<()> {
     )
     .await?;
     let addr = controller.grpc_addr;
-    let me = issue(&ca, &n, "default")?;
+    let me = issue(&ca, &n, "default");
     let hello = |sa: &str| Hello {
         pod: "client-1".into(),
         namespace: n.clone(),

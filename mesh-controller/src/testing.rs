@@ -10,10 +10,70 @@ use mesh_proto::config::v1::{
     config_discovery_client::ConfigDiscoveryClient, discovery_request, Ack, DiscoveryRequest,
     DiscoveryResponse, Hello,
 };
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::mpsc;
 
 use crate::identity::Material;
+
+/// A workload certificate made for a test.
+pub struct Issued {
+    pub material: Material,
+    /// The chain, leaf first, PEM.
+    pub chain_pem: String,
+    /// The key, PKCS#8 PEM.
+    pub key_pem: String,
+    pub trust_bundle_pem: String,
+}
+
+/// Makes a P-256 key and a CSR for `ns/sa` (trust domain `cluster.local`)
+/// and has `sign` sign it (a mesh-ca authority in tests): `sign` gets the
+/// identity and the CSR and returns the chain and the trust bundle (PEM).
+pub fn issue(
+    ns: &str,
+    sa: &str,
+    sign: impl FnOnce(&mesh_api::WorkloadIdentity, &str) -> (Vec<String>, Vec<String>),
+) -> Issued {
+    let id = mesh_api::WorkloadIdentity::new("cluster.local", ns, sa).expect("a valid identity");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    let uri = id.uri().as_str().try_into().expect("a URI SAN");
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .expect("a CSR");
+    let (chain, bundle) = sign(&id, &csr);
+    let chain_pem = chain.join("\n");
+    let chain_der: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("a PEM chain");
+    let not_after = x509_parser::parse_x509_certificate(chain_der[0].as_ref())
+        .ok()
+        .and_then(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).ok())
+        .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s))
+        .expect("a leaf with a validity");
+    Issued {
+        material: Material {
+            chain: chain_der,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            trust_bundle_pem: bundle.clone(),
+            not_after,
+        },
+        chain_pem,
+        key_pem: key.serialize_pem(),
+        trust_bundle_pem: bundle.join("\n"),
+    }
+}
+
+/// Writes `dir/file` atomically (write, then rename), so that a directory
+/// poller never reads half a file.
+pub fn write_atomic(dir: &std::path::Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).expect("writing a temporary file");
+    std::fs::rename(&tmp, dir.join(file)).expect("renaming into place");
+}
 
 /// Accepts any server certificate: these tests are about the server's
 /// side (the proxy's verification of the controller is tested with the

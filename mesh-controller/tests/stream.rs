@@ -2,7 +2,6 @@
 //! (a directory of YAML) and gRPC clients holding certificates from a real
 //! mesh-ca authority.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,34 +10,16 @@ use mesh_controller::push::Debounce;
 use mesh_controller::run::{ControllerConfig, Running};
 use mesh_controller::server::StreamConfig;
 use mesh_controller::source::dir::DirSource;
-use mesh_controller::testing::Stream;
+use mesh_controller::testing::{self, write_atomic as write, Stream};
 use mesh_controller::translate::TranslateConfig;
 use mesh_proto::config::v1::{discovery_request, DiscoveryRequest, DiscoveryResponse, Nack};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> Material {
-    let id = mesh_api::WorkloadIdentity::new("cluster.local", ns, sa).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(id.uri().as_str().try_into().unwrap())];
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    let leaf = ca.sign(&id, &csr, Duration::from_secs(3600)).unwrap();
-    Material {
-        chain: CertificateDer::pem_slice_iter(leaf.cert_chain_pem.join("\n").as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap(),
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        trust_bundle_pem: leaf.trust_bundle_pem,
-        not_after: leaf.not_after,
-    }
-}
-
-fn write(dir: &Path, file: &str, text: &str) {
-    // Write then rename, so the poller never reads half a file.
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
+    testing::issue(ns, sa, |id, csr| {
+        let leaf = ca.sign(id, csr, Duration::from_secs(3600)).unwrap();
+        (leaf.cert_chain_pem, leaf.trust_bundle_pem)
+    })
+    .material
 }
 
 fn service(ns: &str, name: &str) -> String {
