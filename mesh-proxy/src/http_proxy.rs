@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use crate::balance::PickContext;
 use crate::body::{self, Guarded, ProxyBody};
 use crate::model::{MeshState, Protocol, Route};
+use crate::policy;
 use crate::pool::{UpstreamError, UpstreamProtocol};
 use crate::routing::RequestInfo;
 use crate::Shared;
@@ -298,7 +299,46 @@ async fn outbound(
         }
     };
 
-    let (dest_svc, subset, dest_port) = match route.and_then(|r| r.pick()) {
+    if let Some(route) = route {
+        let spec = &route.spec;
+        if let Some(r) = &spec.redirect {
+            let host = request_host(&req);
+            let (status, location) = policy::redirect_location(r, spec, req.uri(), host.as_deref());
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = status;
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            policy::apply_header_ops(resp.headers_mut(), spec.response_headers.as_ref());
+            return Outcome {
+                response: resp,
+                workload: "redirect".into(),
+                upstream: None,
+            };
+        }
+        if let Some(f) = &spec.fault {
+            if let Some(d) = f.delay.as_ref().filter(|d| policy::chance(d.percentage)) {
+                tokio::time::sleep(std::time::Duration::from_millis(d.fixed_delay_ms)).await;
+            }
+            if let Some(a) = f.abort.as_ref().filter(|a| policy::chance(a.percentage)) {
+                return Outcome {
+                    response: fault_reply(a, grpc),
+                    workload: "fault".into(),
+                    upstream: None,
+                };
+            }
+        }
+        if let Some((uri, authority)) = policy::apply_rewrite(req.uri(), spec) {
+            *req.uri_mut() = uri;
+            if let Some(a) = authority {
+                set_authority(&mut req, &a);
+            }
+        }
+        policy::apply_header_ops(req.headers_mut(), spec.request_headers.as_ref());
+    }
+
+    let picked = route.and_then(|r| r.pick());
+    let (dest_svc, subset, dest_port) = match picked {
         Some(d) => (
             d.service,
             d.subset.as_str(),
@@ -306,28 +346,16 @@ async fn outbound(
         ),
         None => (svc_idx, "", port),
     };
+    let dest_spec = route.zip(picked).and_then(|(r, d)| r.spec.destinations.get(d.index));
+    if let Some(d) = dest_spec {
+        policy::apply_header_ops(req.headers_mut(), d.request_headers.as_ref());
+    }
     let dest_name = &state.service(dest_svc).name;
     let Some(balancer) = state.backend(dest_svc, subset, dest_port) else {
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "no-endpoints",
             format!("mesh-proxy: {dest_name} has no port {dest_port}"),
-        );
-    };
-    let ctx = PickContext {
-        headers: Some(req.headers()),
-        source_ip: Some(conn.client.ip()),
-    };
-    let Some(endpoint) = balancer.pick(&ctx, |_| true) else {
-        let which = if subset.is_empty() {
-            String::new()
-        } else {
-            format!(" subset {subset}")
-        };
-        return fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-endpoints",
-            format!("mesh-proxy: no endpoints for {dest_name}{which} port {dest_port}"),
         );
     };
     let upstream_proto = match (req.version(), state.service(dest_svc).protocol(dest_port)) {
@@ -337,31 +365,287 @@ async fn outbound(
         _ => UpstreamProtocol::Http1,
     };
     req.headers_mut().remove(ORIG_PROTO);
-    if endpoint.identity.is_some() && upstream_proto == UpstreamProtocol::Http1 {
-        // Between proxies everything is HTTP/2; remember what the app spoke.
+
+    // The deadline: the route's timeout, or the caller's grpc-timeout if
+    // sooner (and then passed on, shortened by what is already spent).
+    let route_timeout = route.and_then(|r| r.timeout);
+    let deadline = match (route_timeout, policy::grpc_timeout(req.headers())) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+    .map(|t| tokio::time::Instant::now() + t);
+
+    let retry = route
+        .and_then(|r| r.retry.as_ref())
+        .filter(|p| p.non_idempotent || policy::is_idempotent(req.method()));
+    let mirror = route
+        .and_then(|r| r.mirror.as_ref())
+        .filter(|(_, pct)| policy::chance(*pct));
+    let (parts, incoming) = req.into_parts();
+    let mut body = if retry.is_some() || mirror.is_some() {
+        match policy::ReplayBody::read(incoming, policy::REPLAY_BUFFER_LIMIT).await {
+            Ok(b) => b,
+            Err(e) => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "request-body",
+                    format!("mesh-proxy: reading the request body: {e}"),
+                )
+            }
+        }
+    } else {
+        policy::ReplayBody::Streaming(body::boxed(incoming))
+    };
+    if let Some((m, _)) = mirror {
+        if let Some(copy) = body.copy() {
+            send_mirror(shared, state, m, port, &parts, copy);
+        }
+    }
+
+    let budget = retry.map(|_| shared.retry_budget(dest_name));
+    if let Some(b) = &budget {
+        b.deposit();
+    }
+    let max_tries = 1 + retry.map(|p| p.attempts).unwrap_or(0);
+    let mut parts = Some(parts);
+    let mut tried = 0;
+    let mut last_endpoint: Option<std::net::SocketAddr> = None;
+    loop {
+        tried += 1;
+        let Some(head) = parts.as_ref() else {
+            break fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+                "mesh-proxy: the request cannot be sent again".into(),
+            );
+        };
+        // A retry prefers another endpoint than the one that just failed.
+        let endpoint = {
+            let ctx = PickContext {
+                headers: Some(&head.headers),
+                source_ip: Some(conn.client.ip()),
+            };
+            let first = balancer.pick(&ctx, |_| true);
+            match (first, last_endpoint) {
+                (Some(e), Some(prev)) if e.addr == prev && balancer.endpoints().len() > 1 => {
+                    balancer.pick(&ctx, |e| e.addr != prev).or(Some(e))
+                }
+                (e, _) => e,
+            }
+        };
+        let Some(endpoint) = endpoint else {
+            let which = if subset.is_empty() {
+                String::new()
+            } else {
+                format!(" subset {subset}")
+            };
+            return fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-endpoints",
+                format!("mesh-proxy: no endpoints for {dest_name}{which} port {dest_port}"),
+            );
+        };
+        last_endpoint = Some(endpoint.addr);
+        let Some(this_body) = body.take() else {
+            break fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+                "mesh-proxy: the request body cannot be sent again".into(),
+            );
+        };
+        // The last possible try takes the request head; earlier ones copy it.
+        let head = if tried == max_tries || !body.is_replayable() {
+            parts.take()
+        } else {
+            parts.clone()
+        };
+        let Some(head) = head else {
+            break fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+                "mesh-proxy: the request cannot be sent again".into(),
+            );
+        };
+        let mut attempt = Request::from_parts(head, this_body);
+        if endpoint.identity.is_some() && upstream_proto == UpstreamProtocol::Http1 {
+            // Between proxies everything is HTTP/2; remember what the app spoke.
+            attempt
+                .headers_mut()
+                .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        }
+        let now = tokio::time::Instant::now();
+        let left = deadline.map(|d| d.saturating_duration_since(now));
+        if left == Some(std::time::Duration::ZERO) {
+            break fail(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("mesh-proxy: {dest_name} did not answer within the route timeout"),
+            );
+        }
+        if let (Some(l), true) = (left, attempt.headers().contains_key("grpc-timeout")) {
+            attempt
+                .headers_mut()
+                .insert("grpc-timeout", policy::grpc_timeout_value(l));
+        }
+        let per_try = retry.and_then(|p| p.per_try_timeout);
+        let limit = match (left, per_try) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let per_try_fired = per_try.is_some() && limit == per_try && left.is_none_or(|l| per_try < Some(l));
+        let inflight = endpoint.start();
+        tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, try = tried, "routing request");
+        let result = forward(
+            shared,
+            endpoint.addr,
+            attempt,
+            upstream_proto,
+            endpoint.identity.as_ref(),
+            Some(inflight),
+            limit,
+        )
+        .await;
+        let outcome = match &result {
+            Ok(resp) => policy::TryOutcome::Status(resp.status()),
+            Err(ForwardError::Timeout(_)) => policy::TryOutcome::Timeout,
+            Err(ForwardError::Upstream(e)) => policy::TryOutcome::Failed(e),
+        };
+        let again = tried < max_tries
+            && body.is_replayable()
+            && retry.is_some_and(|p| p.retries(&outcome))
+            && (per_try_fired || !matches!(outcome, policy::TryOutcome::Timeout))
+            && budget.as_ref().is_some_and(|b| b.withdraw());
+        if again {
+            shared.metrics.retries.with_label_values(&[dest_name.as_str()]).inc();
+            tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, ?outcome, "retrying");
+            let pause = policy::backoff(tried);
+            if deadline.is_none_or(|d| tokio::time::Instant::now() + pause < d) {
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        }
+        let mut response = match result {
+            Ok(r) => r,
+            Err(ForwardError::Timeout(t)) => local_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("mesh-proxy: upstream {} did not answer within {t:?}", endpoint.addr),
+                grpc,
+            ),
+            Err(ForwardError::Upstream(e)) => upstream_failure(endpoint.addr, &e, grpc),
+        };
+        if let Some(d) = dest_spec {
+            policy::apply_header_ops(response.headers_mut(), d.response_headers.as_ref());
+        }
+        if let Some(r) = route {
+            policy::apply_header_ops(response.headers_mut(), r.spec.response_headers.as_ref());
+        }
+        break Outcome {
+            response,
+            workload: endpoint.workload.clone(),
+            upstream: Some(endpoint.addr),
+        };
+    }
+}
+
+/// The host a request is for (URI authority, else Host), without the port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    req.uri().host().map(str::to_string).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string())
+    })
+}
+
+/// Replaces the request's authority (URI and Host).
+fn set_authority<B>(req: &mut Request<B>, authority: &str) {
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    if req.uri().authority().is_some() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = authority.parse().ok();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The answer of an injected abort.
+fn fault_reply(a: &mesh_proto::config::v1::FaultAbort, grpc: bool) -> Response<ProxyBody> {
+    if grpc && a.grpc_status != 0 {
+        let mut r = Response::new(body::empty());
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(a.grpc_status));
+        h.insert("grpc-message", HeaderValue::from_static("fault%20injected"));
+        h.insert(ERROR_HEADER, HeaderValue::from_static(policy::FAULT_HEADER_VALUE));
+        return r;
+    }
+    let status = StatusCode::from_u16(a.http_status as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut r = local_reply(status, policy::FAULT_HEADER_VALUE, "fault filter abort".into(), false);
+    *r.status_mut() = status;
+    r
+}
+
+/// Fires a copy of the request at the mirror destination and forgets it:
+/// the caller's response never waits for it or sees it.
+fn send_mirror(
+    shared: &Arc<Shared>,
+    state: &MeshState,
+    m: &crate::model::RouteDestination,
+    port: u16,
+    parts: &http::request::Parts,
+    body: ProxyBody,
+) {
+    let port = if m.port == 0 { port } else { m.port };
+    let Some(balancer) = state.backend(m.service, &m.subset, port) else {
+        return;
+    };
+    let Some(endpoint) = balancer.pick(&PickContext::default(), |_| true) else {
+        return;
+    };
+    let proto = match state.service(m.service).protocol(port) {
+        Some(Protocol::Http2 | Protocol::Grpc) => UpstreamProtocol::Http2,
+        _ if parts.version == Version::HTTP_2 => UpstreamProtocol::Http2,
+        _ => UpstreamProtocol::Http1,
+    };
+    let mut req = Request::from_parts(parts.clone(), body);
+    // Envoy's convention: the mirror sees the host with "-shadow".
+    let host = request_host(&req).map(|h| format!("{h}-shadow"));
+    if let Some(h) = host {
+        set_authority(&mut req, &h);
+    }
+    if endpoint.identity.is_some() && proto == UpstreamProtocol::Http1 {
         req.headers_mut()
             .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
     }
-    let inflight = endpoint.start();
-    let timeout = route.and_then(|r| r.timeout);
-    tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, "routing request");
-    let response = forward(
-        shared,
-        endpoint.addr,
-        req,
-        upstream_proto,
-        endpoint.identity.as_ref(),
-        Some(inflight),
-        grpc,
-        timeout,
-    )
-    .await;
-    Outcome {
-        response,
-        workload: endpoint.workload.clone(),
-        upstream: Some(endpoint.addr),
-    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let inflight = endpoint.start();
+        let r = forward(
+            &shared,
+            endpoint.addr,
+            req,
+            proto,
+            endpoint.identity.as_ref(),
+            Some(inflight),
+            Some(MIRROR_TIMEOUT),
+        )
+        .await;
+        match r {
+            Ok(resp) => {
+                // Read it to the end so the connection can be reused.
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            }
+            Err(e) => tracing::debug!(mirror = %endpoint.addr, "mirror failed: {e}"),
+        }
+    });
 }
+
+/// How long a mirrored copy may take before it is abandoned.
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Checks and forwards a request for the local app.
 async fn inbound(
@@ -385,12 +669,7 @@ async fn inbound(
             )
         }
     };
-    let host = req.uri().host().map(str::to_string).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string())
-    });
+    let host = request_host(&req);
     let policies = state.authorization_policies();
     let subject = crate::authz::Subject {
         principal: conn.peer.as_deref(),
@@ -432,21 +711,60 @@ async fn inbound(
     } else {
         UpstreamProtocol::Http2
     };
-    forward(shared, app, req, proto, None, None, grpc, None).await
+    let (parts, b) = req.into_parts();
+    let req = Request::from_parts(parts, body::boxed(b));
+    match forward(shared, app, req, proto, None, None, None).await {
+        Ok(r) => r,
+        Err(ForwardError::Timeout(t)) => local_reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("mesh-proxy: the app did not answer within {t:?}"),
+            grpc,
+        ),
+        Err(ForwardError::Upstream(e)) => upstream_failure(app, &e, grpc),
+    }
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug)]
+enum ForwardError {
+    /// No response head within this time.
+    Timeout(std::time::Duration),
+    Upstream(UpstreamError),
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardError::Timeout(t) => write!(f, "no response within {t:?}"),
+            ForwardError::Upstream(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The local answer for a failed upstream.
+fn upstream_failure(addr: SocketAddr, e: &UpstreamError, grpc: bool) -> Response<ProxyBody> {
+    let (status, kind) = match e {
+        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "upstream-connect")
+        }
+        UpstreamError::Tls { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream-tls"),
+        UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
+    };
+    tracing::debug!(%addr, "upstream failed: {e}");
+    local_reply(status, kind, format!("mesh-proxy: {e}"), grpc)
 }
 
 /// Sends the request to `addr` and streams the response back.
-#[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Arc<Shared>,
     addr: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     proto: UpstreamProtocol,
     peer_identity: Option<&Arc<str>>,
     inflight: Option<crate::balance::InFlight>,
-    grpc: bool,
     timeout: Option<std::time::Duration>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ForwardError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     match proto {
@@ -498,46 +816,24 @@ async fn forward(
             parts.headers.remove(header::HOST);
         }
     }
-    let upstream_req = Request::from_parts(parts, body::boxed(body));
+    let upstream_req = Request::from_parts(parts, body);
     let send = shared.pool.send(addr, proto, peer_identity, upstream_req);
     let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                return local_reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    format!("mesh-proxy: upstream {addr} did not answer within {t:?}"),
-                    grpc,
-                )
-            }
-        },
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .map_err(|_| ForwardError::Timeout(t))?,
         None => send.await,
     };
-    match result {
-        Ok((resp, dispatched)) => {
-            if let Some(i) = &inflight {
-                i.observe_since(dispatched);
-            }
-            let (parts, body) = resp.into_parts();
-            let body: ProxyBody = match inflight {
-                Some(i) => body::boxed(Guarded::new(body, i)),
-                None => body::boxed(body),
-            };
-            Response::from_parts(parts, body)
-        }
-        Err(e) => {
-            let (status, kind) = match &e {
-                UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "upstream-connect")
-                }
-                UpstreamError::Tls { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream-tls"),
-                UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
-            };
-            tracing::debug!(%addr, "upstream failed: {e}");
-            local_reply(status, kind, format!("mesh-proxy: {e}"), grpc)
-        }
+    let (resp, dispatched) = result.map_err(ForwardError::Upstream)?;
+    if let Some(i) = &inflight {
+        i.observe_since(dispatched);
     }
+    let (parts, body) = resp.into_parts();
+    let body: ProxyBody = match inflight {
+        Some(i) => body::boxed(Guarded::new(body, i)),
+        None => body::boxed(body),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// A body with a fixed payload (used by the admin and tests).

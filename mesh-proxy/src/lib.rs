@@ -25,6 +25,7 @@ pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod pool;
 pub mod routing;
 pub mod tcp;
@@ -33,7 +34,7 @@ pub mod telemetry;
 pub mod testca;
 pub mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,9 +84,20 @@ pub struct Shared {
     pub access_log: bool,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
+    /// Retry budgets by destination service; they outlive config reloads.
+    pub retry_budgets: std::sync::Mutex<HashMap<String, Arc<policy::RetryBudget>>>,
 }
 
 impl Shared {
+    /// The retry budget of `service`.
+    pub fn retry_budget(&self, service: &str) -> Arc<policy::RetryBudget> {
+        let mut budgets = self
+            .retry_budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        budgets.entry(service.to_string()).or_default().clone()
+    }
+
     /// Compiles and applies a new config; the old one stays on error.
     pub fn apply(&self, config: pb::ProxyConfig) -> Result<(), ConfigError> {
         let current = self.state.load_full();
@@ -183,6 +195,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         access_log: args.access_log,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
+        retry_budgets: Default::default(),
     });
     if let Some(cfg) = initial {
         shared.apply(cfg).map_err(|e| {

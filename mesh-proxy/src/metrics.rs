@@ -44,6 +44,8 @@ pub struct Metrics {
     pub tcp_sent: IntCounterVec,
     pub tcp_received: IntCounterVec,
     pub refused: IntCounterVec,
+    /// Retries sent, by destination service.
+    pub retries: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_version: IntGauge,
     pub identity_expiry: Gauge,
@@ -96,6 +98,14 @@ impl Metrics {
             &["direction", "code"],
         )
         .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "mesh_retries_total",
+                "Requests sent again after a failed try, by destination service.",
+            ),
+            &["destination_service"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("mesh_config_updates_total", "Config updates, by result."),
             &["result"],
@@ -119,6 +129,7 @@ impl Metrics {
             Box::new(tcp_sent.clone()),
             Box::new(tcp_received.clone()),
             Box::new(refused.clone()),
+            Box::new(retries.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_version.clone()),
             Box::new(identity_expiry.clone()),
@@ -134,6 +145,7 @@ impl Metrics {
             tcp_sent,
             tcp_received,
             refused,
+            retries,
             config_reloads,
             config_version,
             identity_expiry,

@@ -83,6 +83,8 @@ pub struct ServiceState {
 /// Where a route sends a request.
 #[derive(Debug, Clone)]
 pub struct RouteDestination {
+    /// Index in the route's configured destinations (for their header ops).
+    pub index: usize,
     pub service: usize,
     pub subset: String,
     /// 0: the port the request arrived on.
@@ -98,6 +100,9 @@ pub struct Route {
     pub destinations: Vec<RouteDestination>,
     total_weight: u32,
     pub timeout: Option<Duration>,
+    pub retry: Option<crate::policy::RetryPolicy>,
+    /// Where copies of the requests go, and what share of them.
+    pub mirror: Option<(RouteDestination, f64)>,
     /// The route as configured, for the features built on it.
     pub spec: pb::HttpRoute,
 }
@@ -483,6 +488,30 @@ fn endpoint_state(
     Arc::new(e)
 }
 
+/// Resolves one destination: (service index, subset, port).
+fn compile_destination(
+    dest: Option<&pb::Destination>,
+    df: &str,
+    by_name: &HashMap<String, usize>,
+    services: &[ServiceState],
+) -> Result<(usize, String, u16), ConfigError> {
+    let dest = dest.ok_or_else(|| invalid(df, "missing"))?;
+    let service = *by_name.get(&dest.service).ok_or_else(|| {
+        invalid(
+            format!("{df}.service"),
+            format!("unknown service {:?}", dest.service),
+        )
+    })?;
+    let port = port_u16(dest.port, &format!("{df}.port"))?;
+    if !dest.subset.is_empty() && !services[service].subsets.contains(&dest.subset) {
+        return Err(invalid(
+            format!("{df}.subset"),
+            format!("service {} has no subset {:?}", dest.service, dest.subset),
+        ));
+    }
+    Ok((service, dest.subset.clone(), port))
+}
+
 fn compile_destinations(
     dests: &[pb::WeightedDestination],
     field: &str,
@@ -491,27 +520,13 @@ fn compile_destinations(
 ) -> Result<Vec<RouteDestination>, ConfigError> {
     let mut out = Vec::with_capacity(dests.len());
     for (d, wd) in dests.iter().enumerate() {
-        let df = format!("{field}.destinations[{d}]");
-        let dest = wd
-            .destination
-            .as_ref()
-            .ok_or_else(|| invalid(format!("{df}.destination"), "missing"))?;
-        let service = *by_name.get(&dest.service).ok_or_else(|| {
-            invalid(
-                format!("{df}.destination.service"),
-                format!("unknown service {:?}", dest.service),
-            )
-        })?;
-        let port = port_u16(dest.port, &format!("{df}.destination.port"))?;
-        if !dest.subset.is_empty() && !services[service].subsets.contains(&dest.subset) {
-            return Err(invalid(
-                format!("{df}.destination.subset"),
-                format!("service {} has no subset {:?}", dest.service, dest.subset),
-            ));
-        }
+        let df = format!("{field}.destinations[{d}].destination");
+        let (service, subset, port) =
+            compile_destination(wd.destination.as_ref(), &df, by_name, services)?;
         out.push(RouteDestination {
+            index: d,
             service,
-            subset: dest.subset.clone(),
+            subset,
             port,
             weight: if dests.len() == 1 && wd.weight == 0 {
                 100
@@ -542,12 +557,38 @@ fn compile_route(
             "a route needs at least one destination or a redirect",
         ));
     }
+    let retry = crate::policy::RetryPolicy::compile(route.retry.as_ref())
+        .map_err(|e| invalid(format!("{field}.retry.retryOn"), e))?;
+    let mirror = match &route.mirror {
+        None => None,
+        Some(m) => {
+            let df = format!("{field}.mirror.destination");
+            let (service, subset, port) =
+                compile_destination(m.destination.as_ref(), &df, by_name, services)?;
+            if !(0.0..=100.0).contains(&m.percentage) {
+                return Err(invalid(
+                    format!("{field}.mirror.percentage"),
+                    "must be between 0 and 100",
+                ));
+            }
+            let dest = RouteDestination {
+                index: 0,
+                service,
+                subset,
+                port,
+                weight: 100,
+            };
+            Some((dest, m.percentage))
+        }
+    };
     Ok(Route {
         name: route.name.clone(),
         matchers,
         total_weight: destinations.iter().map(|d| d.weight).sum(),
         destinations,
         timeout: (route.timeout_ms > 0).then(|| Duration::from_millis(route.timeout_ms)),
+        retry,
+        mirror,
         spec: route.clone(),
     })
 }
