@@ -354,6 +354,12 @@ fn validate_http_route(r: &mut Report, path: &str, route: &HttpRoute) {
         if let Some(t) = &retries.per_try_timeout {
             r.check(format!("{rp}.perTryTimeout"), check_duration(t));
         }
+        if let Some(p) = retries.budget_percent.filter(|p| *p > 1000) {
+            r.error(
+                format!("{rp}.budgetPercent"),
+                format!("{p} is more than 1000"),
+            );
+        }
         if let Some(on) = &retries.retry_on {
             r.check(format!("{rp}.retryOn"), check_retry_on(on));
         }

@@ -949,7 +949,12 @@ fn http_route(
                 .filter(|s| !s.is_empty())
                 .map(String::from)
                 .collect(),
-            retry_non_idempotent: false,
+            retry_non_idempotent: rt.retry_non_idempotent.unwrap_or(false),
+            budget_percent: rt.budget_percent.map(f64::from).unwrap_or(0.0),
+            budget_min_per_second: rt
+                .budget_min_retries_per_second
+                .map(f64::from)
+                .unwrap_or(0.0),
         }),
         timeout_ms: ms(r.timeout.as_ref()),
         fault,

@@ -318,9 +318,11 @@ async fn outbound(
         }
         if let Some(f) = &spec.fault {
             if let Some(d) = f.delay.as_ref().filter(|d| policy::chance(d.percentage)) {
+                shared.metrics.faults.with_label_values(&["delay"]).inc();
                 tokio::time::sleep(std::time::Duration::from_millis(d.fixed_delay_ms)).await;
             }
             if let Some(a) = f.abort.as_ref().filter(|a| policy::chance(a.percentage)) {
+                shared.metrics.faults.with_label_values(&["abort"]).inc();
                 return Outcome {
                     response: fault_reply(a, grpc),
                     workload: "fault".into(),
@@ -346,7 +348,9 @@ async fn outbound(
         ),
         None => (svc_idx, "", port),
     };
-    let dest_spec = route.zip(picked).and_then(|(r, d)| r.spec.destinations.get(d.index));
+    let dest_spec = route
+        .zip(picked)
+        .and_then(|(r, d)| r.spec.destinations.get(d.index));
     if let Some(d) = dest_spec {
         policy::apply_header_ops(req.headers_mut(), d.request_headers.as_ref());
     }
@@ -403,8 +407,8 @@ async fn outbound(
     }
 
     let budget = retry.map(|_| shared.retry_budget(dest_name));
-    if let Some(b) = &budget {
-        b.deposit();
+    if let (Some(b), Some(p)) = (&budget, retry) {
+        b.deposit(p.budget_ratio);
     }
     let max_tries = 1 + retry.map(|p| p.attempts).unwrap_or(0);
     let mut parts = Some(parts);
@@ -492,7 +496,8 @@ async fn outbound(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let per_try_fired = per_try.is_some() && limit == per_try && left.is_none_or(|l| per_try < Some(l));
+        let per_try_fired =
+            per_try.is_some() && limit == per_try && left.is_none_or(|l| per_try < Some(l));
         let inflight = endpoint.start();
         tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, try = tried, "routing request");
         let result = forward(
@@ -514,9 +519,16 @@ async fn outbound(
             && body.is_replayable()
             && retry.is_some_and(|p| p.retries(&outcome))
             && (per_try_fired || !matches!(outcome, policy::TryOutcome::Timeout))
-            && budget.as_ref().is_some_and(|b| b.withdraw());
+            && budget
+                .as_ref()
+                .zip(retry)
+                .is_some_and(|(b, p)| b.withdraw(p.budget_min_per_sec));
         if again {
-            shared.metrics.retries.with_label_values(&[dest_name.as_str()]).inc();
+            shared
+                .metrics
+                .retries
+                .with_label_values(&[dest_name.as_str()])
+                .inc();
             tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, ?outcome, "retrying");
             let pause = policy::backoff(tried);
             if deadline.is_none_or(|d| tokio::time::Instant::now() + pause < d) {
@@ -529,7 +541,10 @@ async fn outbound(
             Err(ForwardError::Timeout(t)) => local_reply(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
-                format!("mesh-proxy: upstream {} did not answer within {t:?}", endpoint.addr),
+                format!(
+                    "mesh-proxy: upstream {} did not answer within {t:?}",
+                    endpoint.addr
+                ),
                 grpc,
             ),
             Err(ForwardError::Upstream(e)) => upstream_failure(endpoint.addr, &e, grpc),
@@ -577,14 +592,26 @@ fn fault_reply(a: &mesh_proto::config::v1::FaultAbort, grpc: bool) -> Response<P
     if grpc && a.grpc_status != 0 {
         let mut r = Response::new(body::empty());
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         h.insert("grpc-status", HeaderValue::from(a.grpc_status));
         h.insert("grpc-message", HeaderValue::from_static("fault%20injected"));
-        h.insert(ERROR_HEADER, HeaderValue::from_static(policy::FAULT_HEADER_VALUE));
+        h.insert(
+            ERROR_HEADER,
+            HeaderValue::from_static(policy::FAULT_HEADER_VALUE),
+        );
         return r;
     }
-    let status = StatusCode::from_u16(a.http_status as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let mut r = local_reply(status, policy::FAULT_HEADER_VALUE, "fault filter abort".into(), false);
+    let status =
+        StatusCode::from_u16(a.http_status as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut r = local_reply(
+        status,
+        policy::FAULT_HEADER_VALUE,
+        "fault filter abort".into(),
+        false,
+    );
     *r.status_mut() = status;
     r
 }

@@ -91,10 +91,7 @@ pub struct Shared {
 impl Shared {
     /// The retry budget of `service`.
     pub fn retry_budget(&self, service: &str) -> Arc<policy::RetryBudget> {
-        let mut budgets = self
-            .retry_budgets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut budgets = self.retry_budgets.lock().unwrap_or_else(|e| e.into_inner());
         budgets.entry(service.to_string()).or_default().clone()
     }
 

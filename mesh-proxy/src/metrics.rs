@@ -46,6 +46,8 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     /// Retries sent, by destination service.
     pub retries: IntCounterVec,
+    /// Faults injected, by kind (delay, abort).
+    pub faults: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_version: IntGauge,
     pub identity_expiry: Gauge,
@@ -106,6 +108,14 @@ impl Metrics {
             &["destination_service"],
         )
         .expect("valid metric");
+        let faults = IntCounterVec::new(
+            Opts::new(
+                "mesh_faults_injected_total",
+                "Faults injected by route policy, by kind (delay, abort).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("mesh_config_updates_total", "Config updates, by result."),
             &["result"],
@@ -130,6 +140,7 @@ impl Metrics {
             Box::new(tcp_received.clone()),
             Box::new(refused.clone()),
             Box::new(retries.clone()),
+            Box::new(faults.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_version.clone()),
             Box::new(identity_expiry.clone()),
@@ -146,6 +157,7 @@ impl Metrics {
             tcp_received,
             refused,
             retries,
+            faults,
             config_reloads,
             config_version,
             identity_expiry,

@@ -81,14 +81,15 @@ pub fn rewrite_path(path: &str, matched_prefix: Option<&str>, to: &str) -> Strin
 
 /// The URI prefix the matched route condition used, if it was a prefix.
 pub fn matched_prefix<'a>(route: &'a pb::HttpRoute, path: &str) -> Option<&'a str> {
-    route.matches.iter().find_map(|m| {
-        match m.uri.as_ref().and_then(|u| u.kind.as_ref()) {
+    route
+        .matches
+        .iter()
+        .find_map(|m| match m.uri.as_ref().and_then(|u| u.kind.as_ref()) {
             Some(pb::string_match::Kind::Prefix(p)) if path.starts_with(p.as_str()) => {
                 Some(p.as_str())
             }
             _ => None,
-        }
-    })
+        })
 }
 
 /// Rewrites `uri` (path, keeping the query) and returns the new authority
@@ -281,6 +282,10 @@ pub struct RetryPolicy {
     /// Status codes retried (`retriable-status-codes` or numbers).
     pub statuses: Vec<u16>,
     pub non_idempotent: bool,
+    /// Share of requests retries may add (0.2 = 20%).
+    pub budget_ratio: f64,
+    /// Retries per second allowed whatever the ratio.
+    pub budget_min_per_sec: f64,
 }
 
 impl RetryPolicy {
@@ -295,6 +300,16 @@ impl RetryPolicy {
             per_try_timeout: (r.per_try_timeout_ms > 0)
                 .then(|| Duration::from_millis(r.per_try_timeout_ms)),
             non_idempotent: r.retry_non_idempotent,
+            budget_ratio: match r.budget_percent {
+                p if p == 0.0 => RETRY_BUDGET_RATIO,
+                p if (0.0..=1000.0).contains(&p) => p / 100.0,
+                p => return Err(format!("budgetPercent {p} is not between 0 and 1000")),
+            },
+            budget_min_per_sec: match r.budget_min_per_second {
+                m if m == 0.0 => RETRY_BUDGET_MIN_PER_SEC,
+                m if m > 0.0 => m,
+                m => return Err(format!("budgetMinPerSecond {m} is negative")),
+            },
             ..Default::default()
         };
         for word in &r.retry_on {
@@ -383,22 +398,23 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
-    /// A request started.
-    pub fn deposit(&self) {
+    /// A request started; retries may add `ratio` of it.
+    pub fn deposit(&self, ratio: f64) {
         if let Ok(mut s) = self.state.lock() {
-            s.tokens = (s.tokens + RETRY_BUDGET_RATIO).min(BUDGET_CAP);
+            s.tokens = (s.tokens + ratio).min(BUDGET_CAP);
         }
     }
 
-    /// Asks for one retry.
-    pub fn withdraw(&self) -> bool {
+    /// Asks for one retry; `min_per_sec` retries per second are allowed
+    /// whatever the deposits.
+    pub fn withdraw(&self, min_per_sec: f64) -> bool {
         let Ok(mut s) = self.state.lock() else {
             return false;
         };
         let now = Instant::now();
         let elapsed = now.duration_since(s.refilled).as_secs_f64();
         s.refilled = now;
-        s.tokens = (s.tokens + elapsed * RETRY_BUDGET_MIN_PER_SEC).min(BUDGET_CAP);
+        s.tokens = (s.tokens + elapsed * min_per_sec).min(BUDGET_CAP);
         if s.tokens >= 1.0 {
             s.tokens -= 1.0;
             true

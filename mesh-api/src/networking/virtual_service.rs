@@ -189,6 +189,17 @@ pub struct HttpRetry {
     /// `connect-failure`, `retriable-status-codes`, or status codes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<String>,
+    /// Also retry requests that are not idempotent (POST, PATCH). Off by
+    /// default: the upstream may have acted on the first try. (Not in Istio.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_non_idempotent: Option<bool>,
+    /// Retries may add at most this percentage of the destination's
+    /// requests (default 20). (Not in Istio; Linkerd's retry budget.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<u32>,
+    /// Retries allowed per second whatever the percentage (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_min_retries_per_second: Option<u32>,
 }
 
 /// Faults to inject into matching requests.

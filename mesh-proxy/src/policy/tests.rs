@@ -6,8 +6,12 @@ fn header_ops_remove_then_set_then_add() {
     h.insert("x-old", HeaderValue::from_static("1"));
     h.insert("x-keep", HeaderValue::from_static("a"));
     let ops = pb::HeaderOps {
-        set: [("x-keep".to_string(), "b".to_string())].into_iter().collect(),
-        add: [("x-keep".to_string(), "c".to_string())].into_iter().collect(),
+        set: [("x-keep".to_string(), "b".to_string())]
+            .into_iter()
+            .collect(),
+        add: [("x-keep".to_string(), "c".to_string())]
+            .into_iter()
+            .collect(),
         remove: vec!["x-old".into()],
     };
     apply_header_ops(&mut h, Some(&ops));
@@ -67,6 +71,7 @@ fn retry_conditions() {
     }))
     .unwrap_err();
     assert!(err.contains("sometimes"), "{err}");
+    assert_eq!(p.budget_ratio, RETRY_BUDGET_RATIO, "the default budget");
     assert_eq!(RetryPolicy::compile(None).unwrap(), None);
 }
 
@@ -74,11 +79,11 @@ fn retry_conditions() {
 fn the_budget_caps_retries_to_a_share_of_requests() {
     let b = RetryBudget::default();
     // Drain the starting allowance.
-    while b.withdraw() {}
+    while b.withdraw(RETRY_BUDGET_MIN_PER_SEC) {}
     let mut allowed = 0;
     for _ in 0..1000 {
-        b.deposit();
-        if b.withdraw() {
+        b.deposit(RETRY_BUDGET_RATIO);
+        if b.withdraw(RETRY_BUDGET_MIN_PER_SEC) {
             allowed += 1;
         }
     }
@@ -108,9 +113,9 @@ async fn bodies_are_buffered_up_to_the_limit_and_stream_beyond() {
         let got = b.take().unwrap().collect().await.unwrap().to_bytes();
         assert_eq!(&got[..], b"hello");
     }
-    let big = http_body_util::StreamBody::new(futures::stream::iter(
-        (0..4).map(|i| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![i; 10])))),
-    ));
+    let big = http_body_util::StreamBody::new(futures::stream::iter((0..4).map(|i| {
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![i; 10])))
+    })));
     let mut b = ReplayBody::read(big, 16).await.unwrap();
     assert!(!b.is_replayable());
     let got = b.take().unwrap().collect().await.unwrap().to_bytes();

@@ -1,0 +1,458 @@
+//! Route policy through a real proxy on loopback: retries (and their
+//! budget), timeouts, fault injection, mirroring, rewrites, redirects and
+//! header operations, each measured against programmable backends.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+
+/// What a programmable backend saw of one request.
+struct Seen {
+    method: String,
+    path: String,
+    host: String,
+    headers: http::HeaderMap,
+    n: u64,
+}
+
+/// A backend whose answer `f` decides (status, delay, body); it counts
+/// requests in `hits`.
+async fn backend<F>(hits: Arc<AtomicU64>, f: F) -> SocketAddr
+where
+    F: Fn(&Seen) -> (u16, Duration, String) + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let (f, hits) = (f.clone(), hits.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (f, hits) = (f.clone(), hits.clone());
+                        async move {
+                            let n = hits.fetch_add(1, Ordering::SeqCst);
+                            let seen = Seen {
+                                method: req.method().to_string(),
+                                path: req
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                host: req
+                                    .headers()
+                                    .get("host")
+                                    .and_then(|h| h.to_str().ok())
+                                    .map(String::from)
+                                    .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                                    .unwrap_or_default(),
+                                headers: req.headers().clone(),
+                                n,
+                            };
+                            let _ = req.into_body().collect().await;
+                            let (status, delay, body) = f(&seen);
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut()
+                                .insert("x-internal", http::HeaderValue::from_static("secret"));
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn ok(body: &str) -> (u16, Duration, String) {
+    (200, Duration::ZERO, body.to_string())
+}
+
+/// One service `web` on port 80 with `backends` (labelled v1, v2, ...) and
+/// the given routes (YAML list items, indented for `httpRoutes:`).
+async fn proxy_with_routes(
+    backends: &[SocketAddr],
+    routes: &str,
+    extra_services: &str,
+) -> TestProxy {
+    let yaml = format!(
+        "version: \"1\"\nservices:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}    policy:\n      subsets:\n        - {{name: v1, labels: {{version: v1}}}}\n        - {{name: v2, labels: {{version: v2}}}}\n    httpRoutes:\n{routes}{extra_services}",
+        endpoints_yaml(backends, 80)
+    );
+    start_proxy(&yaml, &["web:80"], &[]).await
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn send(
+    c: &Client,
+    proxy: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", "web");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c
+        .request(req.body(Full::new(Bytes::from_static(b"payload"))).unwrap())
+        .await
+        .expect("the proxy answers");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_turn_a_flaky_backend_into_a_reliable_one_within_budget() {
+    // Fails 30% of requests, deterministically spread.
+    let hits = Arc::new(AtomicU64::new(0));
+    let flaky = backend(hits.clone(), |s| {
+        if s.n % 10 < 3 {
+            (503, Duration::ZERO, "down".into())
+        } else {
+            ok("up")
+        }
+    })
+    .await;
+    let proxy = proxy_with_routes(
+        &[flaky],
+        "      - name: retrying\n        destinations: [{destination: {service: web}}]\n        retry: {attempts: 3, retryOn: [5xx], budgetPercent: 50}\n",
+        "",
+    )
+    .await;
+    let c = client();
+    let mut good = 0;
+    for _ in 0..1000 {
+        if send(&c, proxy.listener(0), "GET", "/", &[]).await.status == 200 {
+            good += 1;
+        }
+    }
+    assert!(good >= 995, "{good} of 1000 succeeded (want ≥ 99.5%)");
+    let extra = hits.load(Ordering::SeqCst) - 1000;
+    assert!(extra > 250, "the failures were retried ({extra} retries)");
+
+    // A POST is not retried.
+    hits.store(0, Ordering::SeqCst);
+    let mut failed = 0;
+    for _ in 0..100 {
+        if send(&c, proxy.listener(0), "POST", "/", &[]).await.status != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 100, "one try per POST");
+    assert!((20..=40).contains(&failed), "{failed} POSTs failed");
+    proxy.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_extra_load() {
+    let hits = Arc::new(AtomicU64::new(0));
+    let dead = backend(hits.clone(), |_| (503, Duration::ZERO, "down".into())).await;
+    let proxy = proxy_with_routes(
+        &[dead],
+        "      - destinations: [{destination: {service: web}}]\n        retry: {attempts: 5, retryOn: [5xx], budgetMinPerSecond: 1}\n",
+        "",
+    )
+    .await;
+    let c = client();
+    let started = Instant::now();
+    let addr = proxy.listener(0);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    assert_eq!(send(&c, addr, "GET", "/", &[]).await.status, 503);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = hits.load(Ordering::SeqCst) as f64;
+    // Without a budget: 6,000 tries. With it: 1,000 + 20% + the floor of
+    // 1 per second (+ the 10 it starts with).
+    let cap = 1000.0 * 1.2 + secs + 10.0;
+    assert!(
+        total <= cap + 5.0,
+        "{total} tries for 1000 requests in {secs:.1}s (cap {cap:.0})"
+    );
+    assert!(total >= 1150.0, "the budget allows retries too ({total})");
+    proxy.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_and_route_timeouts_fire_at_the_configured_time() {
+    // The first request of each pair is slow (400 ms), the next fast.
+    let hits = Arc::new(AtomicU64::new(0));
+    let b = backend(hits.clone(), |s| {
+        if s.n % 2 == 0 {
+            (200, Duration::from_millis(400), "slow".into())
+        } else {
+            ok("fast")
+        }
+    })
+    .await;
+    let proxy = proxy_with_routes(
+        &[b],
+        "      - name: per-try\n        matches: [{uri: {prefix: /retry}}]\n        destinations: [{destination: {service: web}}]\n        retry: {attempts: 2, perTryTimeoutMs: 100, retryOn: [gateway-error]}\n      - name: patient\n        matches: [{uri: {prefix: /patient}}]\n        destinations: [{destination: {service: web}}]\n        timeoutMs: 2000\n      - name: deadline\n        destinations: [{destination: {service: web}}]\n        timeoutMs: 150\n",
+        "",
+    )
+    .await;
+    let c = client();
+    // Per-try timeout: the slow try is cut at 100 ms, the retry is fast.
+    // (Had it not fired, the answer would be "slow" after 400 ms.)
+    let t = Instant::now();
+    let a = send(&c, proxy.listener(0), "GET", "/retry", &[]).await;
+    assert_eq!((a.status, a.body.as_str()), (200, "fast"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "one cut try, one retry");
+    // Route timeout: 504 from the proxy, not before 150 ms (and not the
+    // backend's 200 at 400 ms).
+    let t = Instant::now();
+    let a = send(&c, proxy.listener(0), "GET", "/", &[]).await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert_eq!(a.headers["x-mesh-error"], "timeout");
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    // A grpc-timeout shorter than the route's is honoured: the route allows
+    // 2 s, the caller 50 ms, the backend takes 400 ms.
+    hits.store(0, Ordering::SeqCst);
+    let a = send(
+        &c,
+        proxy.listener(0),
+        "GET",
+        "/patient",
+        &[("grpc-timeout", "50m")],
+    )
+    .await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    proxy.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_delay_a_share_and_abort_with_the_configured_status() {
+    let b = backend(Arc::default(), |_| ok("up")).await;
+    let proxy = proxy_with_routes(
+        &[b],
+        "      - name: abort\n        matches: [{uri: {prefix: /abort}}]\n        destinations: [{destination: {service: web}}]\n        fault: {abort: {httpStatus: 418, percentage: 100}}\n      - name: grpc-abort\n        matches: [{uri: {prefix: /grpc}}]\n        destinations: [{destination: {service: web}}]\n        fault: {abort: {grpcStatus: 14, percentage: 100}}\n      - name: delay\n        destinations: [{destination: {service: web}}]\n        fault: {delay: {fixedDelayMs: 40, percentage: 30}}\n",
+        "",
+    )
+    .await;
+    let c = client();
+    let a = send(&c, proxy.listener(0), "GET", "/abort", &[]).await;
+    assert_eq!(a.status, 418);
+    assert_eq!(a.headers["x-mesh-error"], "fault");
+    let a = send(
+        &c,
+        proxy.listener(0),
+        "POST",
+        "/grpc/x.Y/Z",
+        &[("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(a.headers["grpc-status"], "14");
+
+    // 2,000 requests, 64 at a time: the proxy delays 30% ± 3% of them, and
+    // the requests it delays really wait.
+    let addr = proxy.listener(0);
+    let slow = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (c, slow) = (c.clone(), slow.clone());
+            tokio::spawn(async move {
+                for _ in 0..2000 / 64 + 1 {
+                    let t = Instant::now();
+                    assert_eq!(send(&c, addr, "GET", "/", &[]).await.status, 200);
+                    if t.elapsed() >= Duration::from_millis(40) {
+                        slow.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = 64 * (2000 / 64 + 1);
+    let metrics = scrape(proxy.running.metrics_addr).await;
+    let delayed = metric_value(&metrics, "mesh_faults_injected_total{kind=\"delay\"}");
+    let share = delayed / n as f64;
+    assert!(
+        (0.27..=0.33).contains(&share),
+        "{:.1}% delayed",
+        share * 100.0
+    );
+    assert!(
+        slow.load(Ordering::Relaxed) as f64 >= delayed,
+        "every delayed request took at least the delay"
+    );
+    proxy.running.shutdown().await;
+}
+
+/// The value of the sample named exactly `series` in Prometheus text.
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in the metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_get_copies_and_never_change_the_answer() {
+    let primary = backend(Arc::default(), |_| ok("primary")).await;
+    let mirror_hits = Arc::new(AtomicU64::new(0));
+    let shadow_hosts = Arc::new(AtomicU64::new(0));
+    let sh = shadow_hosts.clone();
+    let mirror = backend(mirror_hits.clone(), move |s| {
+        if s.host.ends_with("-shadow") {
+            sh.fetch_add(1, Ordering::Relaxed);
+        }
+        (500, Duration::from_millis(200), "mirror".into())
+    })
+    .await;
+    // A port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let extra = format!(
+        "  - name: shadow\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}  - name: void\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}",
+        endpoints_yaml(&[mirror], 80),
+        endpoints_yaml(&[dead], 80)
+    );
+    let proxy = proxy_with_routes(
+        &[primary],
+        "      - name: to-dead\n        matches: [{uri: {prefix: /dead}}]\n        destinations: [{destination: {service: web}}]\n        mirror: {destination: {service: void}, percentage: 100}\n      - name: mirrored\n        destinations: [{destination: {service: web}}]\n        mirror: {destination: {service: shadow}, percentage: 100}\n",
+        &extra,
+    )
+    .await;
+    let c = client();
+    let t = Instant::now();
+    for _ in 0..50 {
+        let a = send(&c, proxy.listener(0), "POST", "/", &[]).await;
+        assert_eq!((a.status, a.body.as_str()), (200, "primary"));
+    }
+    // The mirror's 200 ms answers never slowed the caller.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mirror_hits.load(Ordering::SeqCst) < 50 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        mirror_hits.load(Ordering::SeqCst),
+        50,
+        "every request was copied"
+    );
+    assert_eq!(
+        shadow_hosts.load(Ordering::Relaxed),
+        50,
+        "the copies say -shadow"
+    );
+    for _ in 0..20 {
+        let a = send(&c, proxy.listener(0), "GET", "/dead", &[]).await;
+        assert_eq!((a.status, a.body.as_str()), (200, "primary"));
+    }
+    proxy.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_redirects_and_header_operations() {
+    let echo = backend(Arc::default(), |s| {
+        let h = |n: &str| {
+            s.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        ok(&format!(
+            "{} {} host={} set={} add={} gone={}",
+            s.method,
+            s.path,
+            s.host,
+            h("x-set"),
+            h("x-add"),
+            h("x-gone")
+        ))
+    })
+    .await;
+    let proxy = proxy_with_routes(
+        &[echo],
+        "      - name: moved\n        matches: [{uri: {prefix: /old}}]\n        redirect: {uri: /new, authority: shop.example, code: 308}\n      - name: rewritten\n        matches: [{uri: {prefix: /v2/}}]\n        rewrite: {uri: /, authority: internal.web}\n        destinations:\n          - destination: {service: web}\n            requestHeaders: {set: {x-set: dest}}\n            responseHeaders: {add: {x-dest: yes}}\n        requestHeaders: {set: {x-set: route}, add: {x-add: one}, remove: [x-gone]}\n        responseHeaders: {remove: [x-internal], set: {x-route: rewritten}}\n",
+        "",
+    )
+    .await;
+    let c = client();
+    let a = send(&c, proxy.listener(0), "GET", "/old/page?q=1", &[]).await;
+    assert_eq!(a.status, 308);
+    assert_eq!(a.headers["location"], "http://shop.example/new/page?q=1");
+
+    let a = send(
+        &c,
+        proxy.listener(0),
+        "GET",
+        "/v2/users?id=7",
+        &[("x-add", "zero"), ("x-gone", "bye")],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body,
+        "GET /users?id=7 host=internal.web set=dest add=zero,one gone="
+    );
+    assert!(a.headers.get("x-internal").is_none());
+    assert_eq!(a.headers["x-route"], "rewritten");
+    assert_eq!(a.headers["x-dest"], "yes");
+    proxy.running.shutdown().await;
+}
