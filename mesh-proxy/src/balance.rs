@@ -69,6 +69,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// SPIFFE ID the endpoint must present, if meshed.
     pub identity: Option<Arc<str>>,
+    /// TLS origination settings, for servers outside the mesh.
+    pub tls: Option<Arc<crate::pool::OriginationTls>>,
     /// Pod name, for logs and metrics.
     pub pod: String,
     /// Workload name for metrics (the `app` label, else the pod name).
@@ -136,6 +138,7 @@ impl Endpoint {
         Self {
             addr,
             identity: None,
+            tls: None,
             pod: String::new(),
             workload: "unknown".into(),
             labels: Default::default(),
@@ -185,6 +188,15 @@ impl Endpoint {
             }
             e.stamp = now;
             e.measured = true;
+        }
+    }
+
+    /// How the proxy talks to this endpoint.
+    pub fn security(&self) -> crate::pool::Security<'_> {
+        match (&self.identity, &self.tls) {
+            (Some(id), _) => crate::pool::Security::Mesh(id),
+            (None, Some(t)) => crate::pool::Security::Origination(t),
+            (None, None) => crate::pool::Security::Plaintext,
         }
     }
 

@@ -505,7 +505,7 @@ async fn outbound(
             endpoint.addr,
             attempt,
             upstream_proto,
-            endpoint.identity.as_ref(),
+            endpoint.security(),
             Some(inflight),
             limit,
         )
@@ -656,7 +656,7 @@ fn send_mirror(
             endpoint.addr,
             req,
             proto,
-            endpoint.identity.as_ref(),
+            endpoint.security(),
             Some(inflight),
             Some(MIRROR_TIMEOUT),
         )
@@ -740,7 +740,17 @@ async fn inbound(
     };
     let (parts, b) = req.into_parts();
     let req = Request::from_parts(parts, body::boxed(b));
-    match forward(shared, app, req, proto, None, None, None).await {
+    match forward(
+        shared,
+        app,
+        req,
+        proto,
+        crate::pool::Security::Plaintext,
+        None,
+        None,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(ForwardError::Timeout(t)) => local_reply(
             StatusCode::GATEWAY_TIMEOUT,
@@ -788,7 +798,7 @@ async fn forward(
     addr: SocketAddr,
     req: Request<ProxyBody>,
     proto: UpstreamProtocol,
-    peer_identity: Option<&Arc<str>>,
+    security: crate::pool::Security<'_>,
     inflight: Option<crate::balance::InFlight>,
     timeout: Option<std::time::Duration>,
 ) -> Result<Response<ProxyBody>, ForwardError> {
@@ -844,7 +854,7 @@ async fn forward(
         }
     }
     let upstream_req = Request::from_parts(parts, body);
-    let send = shared.pool.send(addr, proto, peer_identity, upstream_req);
+    let send = shared.pool.send(addr, proto, security, upstream_req);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await

@@ -86,6 +86,10 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Retry budgets by destination service; they outlive config reloads.
     pub retry_budgets: std::sync::Mutex<HashMap<String, Arc<policy::RetryBudget>>>,
+    /// Resolved host names of DNS-resolved services.
+    pub dns: std::sync::Mutex<model::DnsCache>,
+    /// Wakes the resolver when a config names hosts it has not resolved.
+    pub dns_wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -98,8 +102,12 @@ impl Shared {
     /// Compiles and applies a new config; the old one stays on error.
     pub fn apply(&self, config: pb::ProxyConfig) -> Result<(), ConfigError> {
         let current = self.state.load_full();
-        match MeshState::compile(config, Some(&current)) {
+        let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match MeshState::compile_with_dns(config, Some(&current), &dns) {
             Ok(next) => {
+                if next.dns_names.iter().any(|n| !dns.0.contains_key(n)) {
+                    self.dns_wake.notify_one();
+                }
                 let next = Arc::new(next);
                 let live: std::collections::HashSet<SocketAddr> =
                     next.endpoints().map(|e| e.addr).collect();
@@ -193,6 +201,8 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         retry_budgets: Default::default(),
+        dns: Default::default(),
+        dns_wake: tokio::sync::Notify::new(),
     });
     if let Some(cfg) = initial {
         shared.apply(cfg).map_err(|e| {
@@ -280,6 +290,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
     if let Some(path) = args.config.clone() {
         tokio::spawn(watch_file(path, shared.clone(), shutdown.clone()));
     }
+    tokio::spawn(resolve_dns(shared.clone(), shutdown.clone()));
     if let Some(e) = shared.tls.expiry_unix() {
         shared.metrics.identity_expiry.set(e);
     }
@@ -666,4 +677,58 @@ fn pick_tcp_endpoint(
     };
     let ep = state.backend(dest, subset, dport)?.pick(&ctx, |_| true)?;
     Some((ep.addr, ep.workload.clone(), ep.identity.clone()))
+}
+
+/// How often host names of DNS-resolved services are resolved again.
+pub const DNS_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps the addresses of DNS-resolved services (ServiceEntry
+/// `resolution: DNS`) fresh: resolves every name the config needs when it
+/// appears and every [`DNS_REFRESH`], and recompiles the config when an
+/// answer changes. IPv4 answers are preferred when a name has both (most
+/// clusters route IPv4 only); a failed lookup keeps the last answer.
+async fn resolve_dns(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let names = shared.state.load().dns_names.clone();
+        if !names.is_empty() {
+            let mut cache = shared.dns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let before = cache.clone();
+            cache.0.retain(|n, _| names.contains(n));
+            for name in &names {
+                let lookup = tokio::net::lookup_host((name.as_str(), 0));
+                match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
+                    Ok(Ok(addrs)) => {
+                        let ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
+                        let v4: Vec<_> = ips.iter().copied().filter(|i| i.is_ipv4()).collect();
+                        let mut chosen = if v4.is_empty() { ips } else { v4 };
+                        chosen.sort();
+                        chosen.dedup();
+                        cache.0.insert(name.clone(), chosen);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%name, "resolving: {e}; keeping the last answer");
+                        // Known (maybe with no address), so that applying
+                        // the config does not wake this loop again at once.
+                        cache.0.entry(name.clone()).or_default();
+                    }
+                    Err(_) => {
+                        tracing::warn!(%name, "resolving timed out; keeping the last answer");
+                        cache.0.entry(name.clone()).or_default();
+                    }
+                }
+            }
+            if cache != before {
+                *shared.dns.lock().unwrap_or_else(|e| e.into_inner()) = cache;
+                let config = shared.state.load().config.clone();
+                if let Err(e) = shared.apply(config) {
+                    tracing::warn!("recompiling with new DNS answers: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.dns_wake.notified() => {}
+            _ = tokio::time::sleep(DNS_REFRESH) => {}
+        }
+    }
 }

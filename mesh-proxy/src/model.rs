@@ -53,6 +53,8 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct MeshState {
     pub version: String,
+    /// Host names the config's DNS-resolved endpoints need resolved.
+    pub dns_names: Vec<String>,
     /// The config as received, for `/config_dump`.
     pub config: pb::ProxyConfig,
     pub settings: Settings,
@@ -131,6 +133,17 @@ impl MeshState {
         config: pb::ProxyConfig,
         previous: Option<&MeshState>,
     ) -> Result<Self, ConfigError> {
+        Self::compile_with_dns(config, previous, &DnsCache::default())
+    }
+
+    /// Compiles a config; endpoints of DNS-resolved services (ServiceEntry
+    /// `resolution: DNS`) get the addresses `dns` has for their names (none
+    /// yet when it has none).
+    pub fn compile_with_dns(
+        config: pb::ProxyConfig,
+        previous: Option<&MeshState>,
+        dns: &DnsCache,
+    ) -> Result<Self, ConfigError> {
         let settings = compile_settings(config.settings.as_ref())?;
 
         let mut by_name = HashMap::new();
@@ -173,7 +186,7 @@ impl MeshState {
                     }
                 }
             }
-            let backends = compile_backends(s, &ports, &field, previous, &mut endpoints)?;
+            let backends = compile_backends(s, &ports, &field, previous, &mut endpoints, dns)?;
             services.push(ServiceState {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
@@ -216,8 +229,19 @@ impl MeshState {
             services[i].tcp_routes = tcp_routes;
         }
 
+        let dns_names = config
+            .services
+            .iter()
+            .filter(|s| s.resolution == pb::Resolution::Dns as i32)
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.address.parse::<IpAddr>().is_err())
+            .map(|e| e.address.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         Ok(Self {
             version: config.version.clone(),
+            dns_names,
             config,
             settings,
             services,
@@ -390,8 +414,10 @@ fn compile_backends(
     field: &str,
     previous: Option<&MeshState>,
     all: &mut HashMap<SocketAddr, Arc<Endpoint>>,
+    dns: &DnsCache,
 ) -> Result<HashMap<(String, u16), Arc<Balancer>>, ConfigError> {
     let policy = s.policy.clone().unwrap_or_default();
+    let tls = origination(policy.tls.as_ref(), s, &format!("{field}.policy.tls"))?;
     let service_alg = algorithm(
         policy.load_balancer.as_ref(),
         &format!("{field}.policy.loadBalancer"),
@@ -401,13 +427,25 @@ fn compile_backends(
     let mut per_port: HashMap<u16, Vec<Arc<Endpoint>>> = HashMap::new();
     for (e, ep) in s.endpoints.iter().enumerate() {
         let ef = format!("{field}.endpoints[{e}]");
-        let ip: IpAddr = ep.address.parse().map_err(|_| {
-            invalid(
-                format!("{ef}.address"),
-                format!("{:?} is not an IP", ep.address),
-            )
-        })?;
-        for (port, _) in ports {
+        let ips: Vec<IpAddr> = match ep.address.parse() {
+            Ok(ip) => vec![ip],
+            Err(_) if s.resolution == pb::Resolution::Dns as i32 => {
+                dns.0.get(&ep.address).cloned().unwrap_or_default()
+            }
+            Err(_) => {
+                return Err(invalid(
+                    format!("{ef}.address"),
+                    format!(
+                        "{:?} is not an IP (host names need resolution: RESOLUTION_DNS)",
+                        ep.address
+                    ),
+                ))
+            }
+        };
+        for (ip, (port, _)) in ips
+            .iter()
+            .flat_map(|ip| ports.iter().map(move |p| (*ip, p)))
+        {
             let target = match ep.ports.get(&u32::from(*port)) {
                 Some(p) => port_u16(*p, &format!("{ef}.ports"))?,
                 None if ep.ports.is_empty() => *port,
@@ -420,7 +458,7 @@ fn compile_backends(
             let addr = SocketAddr::new(ip, dial_port);
             let endpoint = all
                 .entry(addr)
-                .or_insert_with(|| endpoint_state(addr, ep, previous))
+                .or_insert_with(|| endpoint_state(addr, ep, previous, tls.as_ref()))
                 .clone();
             per_port.entry(*port).or_default().push(endpoint);
         }
@@ -462,11 +500,21 @@ fn endpoint_state(
     addr: SocketAddr,
     ep: &pb::Endpoint,
     previous: Option<&MeshState>,
+    tls: Option<&Arc<crate::pool::OriginationTls>>,
 ) -> Arc<Endpoint> {
     let labels: BTreeMap<String, String> = ep.labels.clone().into_iter().collect();
     let identity: Option<Arc<str>> = (!ep.identity.is_empty()).then(|| ep.identity.as_str().into());
+    let same_tls = |prev: &Endpoint| match (&prev.tls, tls) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.server_name == b.server_name && Arc::ptr_eq(&a.h1, &b.h1),
+        _ => false,
+    };
     if let Some(prev) = previous.and_then(|p| p.endpoints.get(&addr)) {
-        if prev.labels == labels && prev.identity == identity && prev.pod == ep.pod {
+        if prev.labels == labels
+            && prev.identity == identity
+            && prev.pod == ep.pod
+            && same_tls(prev)
+        {
             return prev.clone();
         }
     }
@@ -484,8 +532,44 @@ fn endpoint_state(
         });
     e.labels = labels;
     e.identity = identity;
+    e.tls = tls.cloned();
     e.pod = ep.pod.clone();
     Arc::new(e)
+}
+
+/// Addresses of the host names of DNS-resolved services, as the proxy
+/// resolved them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DnsCache(pub HashMap<String, Vec<IpAddr>>);
+
+/// TLS origination for a service (`policy.tls.mode: SIMPLE`).
+fn origination(
+    tls: Option<&pb::UpstreamTls>,
+    s: &pb::Service,
+    field: &str,
+) -> Result<Option<Arc<crate::pool::OriginationTls>>, ConfigError> {
+    use pb::upstream_tls::Mode;
+    let Some(tls) = tls else { return Ok(None) };
+    match Mode::try_from(tls.mode).unwrap_or(Mode::Auto) {
+        Mode::Auto | Mode::Disable => Ok(None),
+        Mode::Mutual => Err(invalid(
+            format!("{field}.mode"),
+            "MUTUAL (client certificates to servers outside the mesh) is not supported yet; use SIMPLE",
+        )),
+        Mode::Simple => {
+            // The name checked against the server's certificate: the first
+            // subjectAltName asked for, else the SNI, else the service name.
+            let name = tls
+                .subject_alt_names
+                .first()
+                .filter(|n| !n.is_empty())
+                .or(Some(&tls.sni).filter(|n| !n.is_empty()))
+                .unwrap_or(&s.name);
+            crate::pool::OriginationTls::new(name, &tls.ca_certificates_pem)
+                .map(|t| Some(Arc::new(t)))
+                .map_err(|e| invalid(field.to_string(), e))
+        }
+    }
 }
 
 /// Resolves one destination: (service index, subset, port).

@@ -301,12 +301,12 @@ impl RetryPolicy {
                 .then(|| Duration::from_millis(r.per_try_timeout_ms)),
             non_idempotent: r.retry_non_idempotent,
             budget_ratio: match r.budget_percent {
-                p if p == 0.0 => RETRY_BUDGET_RATIO,
+                0.0 => RETRY_BUDGET_RATIO,
                 p if (0.0..=1000.0).contains(&p) => p / 100.0,
                 p => return Err(format!("budgetPercent {p} is not between 0 and 1000")),
             },
             budget_min_per_sec: match r.budget_min_per_second {
-                m if m == 0.0 => RETRY_BUDGET_MIN_PER_SEC,
+                0.0 => RETRY_BUDGET_MIN_PER_SEC,
                 m if m > 0.0 => m,
                 m => return Err(format!("budgetMinPerSecond {m} is negative")),
             },
@@ -454,7 +454,7 @@ pub fn grpc_timeout(h: &HeaderMap) -> Option<Duration> {
 
 /// Writes `d` as a `grpc-timeout` value (milliseconds, rounded up).
 pub fn grpc_timeout_value(d: Duration) -> HeaderValue {
-    let ms = d.as_millis().max(1).min(99_999_999);
+    let ms = d.as_millis().clamp(1, 99_999_999);
     HeaderValue::from_str(&format!("{ms}m")).unwrap_or(HeaderValue::from_static("1m"))
 }
 

@@ -43,7 +43,7 @@ pub enum UpstreamError {
     },
     #[error("upstream connect timeout to {addr} after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
-    #[error("mTLS to {addr} failed: {reason}")]
+    #[error("TLS to {addr} failed: {reason}")]
     Tls { addr: SocketAddr, reason: String },
     #[error("upstream {addr} failed: {source}")]
     Http {
@@ -69,9 +69,83 @@ struct EndpointConns {
     h1_idle: Mutex<Vec<http1::SendRequest<ProxyBody>>>,
 }
 
-/// Connections are shared per endpoint address and expected peer identity
-/// (`None`: plaintext).
-type PoolKey = (SocketAddr, Option<Arc<str>>);
+/// Connections are shared per endpoint address and security (the expected
+/// peer identity for mesh mTLS, the server name for TLS origination, or
+/// nothing for plaintext).
+type PoolKey = (SocketAddr, String);
+
+/// TLS to a server outside the mesh (DestinationRule `tls.mode: SIMPLE`).
+#[derive(Debug)]
+pub struct OriginationTls {
+    /// Name sent as SNI and checked against the server's certificate.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// ALPN `http/1.1` (for HTTP/1 upstreams) and `h2`.
+    pub h1: Arc<rustls::ClientConfig>,
+    pub h2: Arc<rustls::ClientConfig>,
+}
+
+impl OriginationTls {
+    /// Client configs trusting `ca_pem` (or, empty, the system's roots).
+    pub fn new(server_name: &str, ca_pem: &str) -> Result<Self, String> {
+        let server_name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| format!("{server_name:?} is not a valid TLS server name: {e}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        if ca_pem.trim().is_empty() {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err("no system CA certificates found; set caCertificates".into());
+            }
+        } else {
+            use rustls::pki_types::pem::PemObject;
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+                let c = c.map_err(|e| format!("CA certificates: {e}"))?;
+                roots.add(c).map_err(|e| format!("CA certificates: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("CA certificates: no certificate in the PEM".into());
+            }
+        }
+        let roots = Arc::new(roots);
+        let config = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, String> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut c = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            c.alpn_protocols = vec![alpn.to_vec()];
+            Ok(Arc::new(c))
+        };
+        Ok(Self {
+            server_name,
+            h1: config(b"http/1.1")?,
+            h2: config(b"h2")?,
+        })
+    }
+}
+
+/// How the proxy talks to one endpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum Security<'a> {
+    Plaintext,
+    /// Mesh mTLS; the endpoint must prove this SPIFFE ID.
+    Mesh(&'a Arc<str>),
+    /// TLS origination to a server outside the mesh.
+    Origination(&'a Arc<OriginationTls>),
+}
+
+impl Security<'_> {
+    fn key(&self) -> String {
+        match self {
+            Security::Plaintext => String::new(),
+            Security::Mesh(id) => id.to_string(),
+            Security::Origination(t) => format!("tls:{}", t.server_name.to_str()),
+        }
+    }
+}
 
 /// Connection pool over every endpoint this proxy talks to.
 #[derive(Clone)]
@@ -101,8 +175,27 @@ impl Pool {
         map.retain(|(a, _), _| keep(a));
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> {
-        Ok(TokioIo::new(connect_tcp(addr, self.connect_timeout).await?))
+    /// A connection to `addr`: plain TCP, or TLS origination.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        name: Option<&rustls::pki_types::ServerName<'static>>,
+    ) -> Result<crate::io::BoxedIo, UpstreamError> {
+        let tcp = connect_tcp(addr, self.connect_timeout).await?;
+        match (tls, name) {
+            (Some(config), Some(name)) => {
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| UpstreamError::Tls {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
+                Ok(crate::io::BoxedIo::new(stream))
+            }
+            _ => Ok(crate::io::BoxedIo::new(tcp)),
+        }
     }
 
     /// Sends one request to `addr` over a pooled connection. Also returns
@@ -115,14 +208,15 @@ impl Pool {
         &self,
         addr: SocketAddr,
         proto: UpstreamProtocol,
-        peer_identity: Option<&Arc<str>>,
+        security: Security<'_>,
         req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
-        let conns = self.endpoint((addr, peer_identity.cloned()));
-        match (peer_identity, proto) {
-            (Some(id), _) => self.send_h2(addr, Some(id), &conns, req).await,
-            (None, UpstreamProtocol::Http2) => self.send_h2(addr, None, &conns, req).await,
-            (None, UpstreamProtocol::Http1) => self.send_h1(addr, conns, req).await,
+        let conns = self.endpoint((addr, security.key()));
+        match (security, proto) {
+            (Security::Mesh(_), _) | (_, UpstreamProtocol::Http2) => {
+                self.send_h2(addr, security, &conns, req).await
+            }
+            (_, UpstreamProtocol::Http1) => self.send_h1(addr, security, conns, req).await,
         }
     }
 
@@ -150,7 +244,7 @@ impl Pool {
     async fn send_h2(
         &self,
         addr: SocketAddr,
-        peer_identity: Option<&Arc<str>>,
+        security: Security<'_>,
         conns: &EndpointConns,
         req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
@@ -159,9 +253,18 @@ impl Pool {
             match slot.as_ref() {
                 Some(s) if !s.is_closed() => s.clone(),
                 _ => {
-                    let sender = match peer_identity {
-                        None => Self::h2_handshake(addr, self.connect(addr).await?).await?,
-                        Some(id) => {
+                    let sender = match security {
+                        Security::Plaintext => {
+                            let io = self.connect(addr, None, None).await?;
+                            Self::h2_handshake(addr, TokioIo::new(io)).await?
+                        }
+                        Security::Origination(t) => {
+                            let io = self
+                                .connect(addr, Some(&t.h2), Some(&t.server_name))
+                                .await?;
+                            Self::h2_handshake(addr, TokioIo::new(io)).await?
+                        }
+                        Security::Mesh(id) => {
                             let tcp = connect_tcp(addr, self.connect_timeout).await?;
                             let tls = connect_mesh_tls(&self.tls, addr, id, ALPN_H2, tcp).await?;
                             Self::h2_handshake(addr, TokioIo::new(tls)).await?
@@ -187,6 +290,7 @@ impl Pool {
     async fn send_h1(
         &self,
         addr: SocketAddr,
+        security: Security<'_>,
         conns: Arc<EndpointConns>,
         mut req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
@@ -220,9 +324,15 @@ impl Pool {
                 },
             }
         }
-        let io = self.connect(addr).await?;
+        let io = match security {
+            Security::Origination(t) => {
+                self.connect(addr, Some(&t.h1), Some(&t.server_name))
+                    .await?
+            }
+            _ => self.connect(addr, None, None).await?,
+        };
         let (mut sender, conn) = http1::Builder::new()
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Http { addr, source })?;
         tokio::spawn(async move {

@@ -229,7 +229,7 @@ async fn per_try_and_route_timeouts_fire_at_the_configured_time() {
     // The first request of each pair is slow (400 ms), the next fast.
     let hits = Arc::new(AtomicU64::new(0));
     let b = backend(hits.clone(), |s| {
-        if s.n % 2 == 0 {
+        if s.n.is_multiple_of(2) {
             (200, Duration::from_millis(400), "slow".into())
         } else {
             ok("fast")

@@ -54,7 +54,7 @@ fn p2c_treats_scheduling_noise_as_noise() {
         x ^= x >> 7;
         x ^= x << 17;
         let e = b.pick(&PickContext::default(), |_| true).unwrap();
-        let rtt = if x % 8 == 0 {
+        let rtt = if x.is_multiple_of(8) {
             Duration::from_millis(5 + (x >> 8) % 36)
         } else {
             Duration::from_micros(300)
