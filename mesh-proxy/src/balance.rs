@@ -80,6 +80,8 @@ pub struct Endpoint {
     ewma: Mutex<Ewma>,
     /// Requests sent to this endpoint (for tests and the admin view).
     pub requests: AtomicU64,
+    /// Failure streaks and ejection (outlier detection).
+    pub outlier: crate::resilience::OutlierState,
 }
 
 #[derive(Debug)]
@@ -150,6 +152,7 @@ impl Endpoint {
                 measured: false,
             }),
             requests: AtomicU64::new(0),
+            outlier: Default::default(),
         }
     }
 
@@ -253,6 +256,10 @@ pub struct PickContext<'a> {
 pub struct Balancer {
     endpoints: Vec<Arc<Endpoint>>,
     algorithm: Algorithm,
+    /// Outlier detection of this backend (service or subset policy).
+    pub outlier: Option<crate::resilience::OutlierPolicy>,
+    /// Connection-pool limits of this backend.
+    pub limits: Option<Arc<crate::resilience::PoolLimits>>,
     next: AtomicUsize,
     /// Sorted (hash, endpoint index) for consistent hashing.
     ring: Vec<(u64, usize)>,
@@ -268,8 +275,28 @@ impl Balancer {
         Self {
             endpoints,
             algorithm,
+            outlier: None,
+            limits: None,
             next: AtomicUsize::new(0),
             ring,
+        }
+    }
+
+    /// With outlier detection and pool limits.
+    pub fn with_resilience(
+        mut self,
+        outlier: Option<crate::resilience::OutlierPolicy>,
+        limits: Option<crate::resilience::PoolLimits>,
+    ) -> Self {
+        self.outlier = outlier;
+        self.limits = limits.map(Arc::new);
+        self
+    }
+
+    /// Records how a try on `endpoint` went (for outlier detection).
+    pub fn record(&self, endpoint: &Endpoint, health: crate::resilience::Health) {
+        if let Some(p) = &self.outlier {
+            crate::resilience::record(p, &self.endpoints, endpoint, health);
         }
     }
 

@@ -362,6 +362,29 @@ async fn outbound(
             format!("mesh-proxy: {dest_name} has no port {dest_port}"),
         );
     };
+    // Connection-pool limits: refuse at once rather than queue without bound.
+    let permit = match &balancer.limits {
+        None => None,
+        Some(l) => match l.admit() {
+            Some(p) => Some(p),
+            None => {
+                let mut out = fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "pool-overflow",
+                    format!(
+                        "mesh-proxy: {dest_name} is at its connection-pool limit ({})",
+                        l.describe
+                    ),
+                );
+                if let Ok(v) = HeaderValue::from_str(&l.describe) {
+                    out.response
+                        .headers_mut()
+                        .insert(crate::resilience::LIMIT_HEADER, v);
+                }
+                return out;
+            }
+        },
+    };
     let upstream_proto = match (req.version(), state.service(dest_svc).protocol(dest_port)) {
         (_, Some(Protocol::Http2 | Protocol::Grpc)) | (Version::HTTP_2, _) => {
             UpstreamProtocol::Http2
@@ -429,10 +452,14 @@ async fn outbound(
                 headers: Some(&head.headers),
                 source_ip: Some(conn.client.ip()),
             };
-            let first = balancer.pick(&ctx, |_| true);
+            // Ejected endpoints are skipped (outlier detection).
+            let now = std::time::Instant::now();
+            let first = balancer.pick(&ctx, |e| !e.outlier.is_ejected(now));
             match (first, last_endpoint) {
                 (Some(e), Some(prev)) if e.addr == prev && balancer.endpoints().len() > 1 => {
-                    balancer.pick(&ctx, |e| e.addr != prev).or(Some(e))
+                    balancer
+                        .pick(&ctx, |e| e.addr != prev && !e.outlier.is_ejected(now))
+                        .or(Some(e))
                 }
                 (e, _) => e,
             }
@@ -515,6 +542,13 @@ async fn outbound(
             Err(ForwardError::Timeout(_)) => policy::TryOutcome::Timeout,
             Err(ForwardError::Upstream(e)) => policy::TryOutcome::Failed(e),
         };
+        balancer.record(
+            &endpoint,
+            match &outcome {
+                policy::TryOutcome::Status(s) => crate::resilience::Health::of_status(s.as_u16()),
+                _ => crate::resilience::Health::GatewayError,
+            },
+        );
         let again = tried < max_tries
             && body.is_replayable()
             && retry.is_some_and(|p| p.retries(&outcome))
@@ -555,6 +589,14 @@ async fn outbound(
         if let Some(r) = route {
             policy::apply_header_ops(response.headers_mut(), r.spec.response_headers.as_ref());
         }
+        // The pool slot is held until the response body ends.
+        let response = match permit {
+            None => response,
+            Some(p) => {
+                let (parts, b) = response.into_parts();
+                Response::from_parts(parts, body::boxed(Guarded::new(b, p)))
+            }
+        };
         break Outcome {
             response,
             workload: endpoint.workload.clone(),

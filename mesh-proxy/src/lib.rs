@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod pool;
+pub mod resilience;
 pub mod routing;
 pub mod tcp;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use mesh_proto::config::v1 as pb;
 use rand::Rng;
 
 use crate::balance::{Algorithm, Balancer, Endpoint, HashKey};
+use crate::resilience::{OutlierPolicy, PoolLimits};
 use crate::routing::RequestMatcher;
 
 /// How long protocol detection waits for the client's first bytes. Long
@@ -483,14 +484,28 @@ fn compile_backends(
                 })
                 .cloned()
                 .collect();
+            let outlier = OutlierPolicy::compile(
+                subset
+                    .outlier_detection
+                    .as_ref()
+                    .or(policy.outlier_detection.as_ref()),
+            );
+            let limits = PoolLimits::compile(
+                subset
+                    .connection_pool
+                    .as_ref()
+                    .or(policy.connection_pool.as_ref()),
+            );
             backends.insert(
                 (subset.name.clone(), *port),
-                Arc::new(Balancer::new(members, alg)),
+                Arc::new(Balancer::new(members, alg).with_resilience(outlier, limits)),
             );
         }
+        let outlier = OutlierPolicy::compile(policy.outlier_detection.as_ref());
+        let limits = PoolLimits::compile(policy.connection_pool.as_ref());
         backends.insert(
             (String::new(), *port),
-            Arc::new(Balancer::new(eps, service_alg.clone())),
+            Arc::new(Balancer::new(eps, service_alg.clone()).with_resilience(outlier, limits)),
         );
     }
     Ok(backends)

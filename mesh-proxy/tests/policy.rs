@@ -456,3 +456,128 @@ async fn rewrites_redirects_and_header_operations() {
     assert_eq!(a.headers["x-dest"], "yes");
     proxy.running.shutdown().await;
 }
+
+/// Three backends, `bad` of them always failing with 500; outlier detection
+/// after 3 failures in a row.
+async fn outlier_setup(n: usize, bad: usize, max_percent: u32) -> (TestProxy, Vec<Arc<AtomicU64>>) {
+    let mut hits = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let h = Arc::new(AtomicU64::new(0));
+        let failing = i < bad;
+        addrs.push(
+            backend(h.clone(), move |_| {
+                if failing {
+                    (500, Duration::ZERO, "bad".into())
+                } else {
+                    ok("good")
+                }
+            })
+            .await,
+        );
+        hits.push(h);
+    }
+    let yaml = format!(
+        "version: \"1\"\nservices:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}    policy:\n      outlierDetection: {{consecutive5xx: 3, intervalMs: 1000, baseEjectionTimeMs: 1500, maxEjectionPercent: {max_percent}}}\n",
+        endpoints_yaml(&addrs, 80)
+    );
+    (start_proxy(&yaml, &["web:80"], &[]).await, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_endpoint_and_returns_it_later() {
+    let (proxy, hits) = outlier_setup(3, 1, 50).await;
+    let c = client();
+    for _ in 0..100 {
+        send(&c, proxy.listener(0), "GET", "/", &[]).await;
+    }
+    let bad_before = hits[0].load(Ordering::SeqCst);
+    assert!(
+        bad_before <= 5,
+        "ejected after 3 failures in a row, got {bad_before}"
+    );
+    for _ in 0..100 {
+        assert_eq!(
+            send(&c, proxy.listener(0), "GET", "/", &[]).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        hits[0].load(Ordering::SeqCst),
+        bad_before,
+        "no traffic while ejected"
+    );
+    // After the ejection time (1.5 s) it is tried again (and ejected again).
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    for _ in 0..60 {
+        send(&c, proxy.listener(0), "GET", "/", &[]).await;
+    }
+    let bad_after = hits[0].load(Ordering::SeqCst);
+    assert!(
+        bad_after > bad_before,
+        "it came back after the ejection time"
+    );
+    assert!(
+        bad_after <= bad_before + 5,
+        "and was ejected again ({bad_after})"
+    );
+    proxy.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_never_ejects_more_than_the_max_share() {
+    // Every endpoint fails; at most half may be ejected.
+    let (proxy, hits) = outlier_setup(4, 4, 50).await;
+    let c = client();
+    for _ in 0..100 {
+        send(&c, proxy.listener(0), "GET", "/", &[]).await;
+    }
+    let before: Vec<u64> = hits.iter().map(|h| h.load(Ordering::SeqCst)).collect();
+    for _ in 0..100 {
+        send(&c, proxy.listener(0), "GET", "/", &[]).await;
+    }
+    let serving = hits
+        .iter()
+        .zip(&before)
+        .filter(|(h, b)| h.load(Ordering::SeqCst) > **b)
+        .count();
+    assert!(
+        serving >= 2,
+        "at most 50% ejected: {serving} of 4 still serve"
+    );
+    proxy.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_overflow_answers_503_with_the_limit_and_stays_healthy() {
+    let slow = backend(Arc::default(), |_| {
+        (200, Duration::from_millis(300), "slow".into())
+    })
+    .await;
+    let yaml = format!(
+        "version: \"1\"\nservices:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}    policy:\n      connectionPool: {{maxConnections: 2, maxPendingRequests: 1}}\n",
+        endpoints_yaml(&[slow], 80)
+    );
+    let proxy = start_proxy(&yaml, &["web:80"], &[]).await;
+    let c = client();
+    let addr = proxy.listener(0);
+    let answers = futures::future::join_all((0..10).map(|_| {
+        let c = c.clone();
+        async move { send(&c, addr, "GET", "/", &[]).await }
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
+    assert_eq!(ok, 3, "2 connections + 1 pending are served");
+    assert_eq!(refused.len(), 7);
+    for a in refused {
+        assert_eq!(a.headers["x-mesh-error"], "pool-overflow");
+        assert_eq!(
+            a.headers["x-mesh-limit"],
+            "maxConnections=2 maxPendingRequests=1"
+        );
+    }
+    // The proxy is fine afterwards.
+    assert_eq!(send(&c, addr, "GET", "/", &[]).await.status, 200);
+    proxy.running.shutdown().await;
+}
