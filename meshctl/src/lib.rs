@@ -1,2 +1,5 @@
-//! The mesh's command line.
-#![forbid(unsafe_code)]
+//! The mesh's command line. Each subcommand lives in its own module; the
+//! binary (`src/main.rs`) only parses arguments and dispatches.
+#![deny(unsafe_code)]
+
+pub mod demo;
