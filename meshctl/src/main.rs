@@ -30,7 +30,11 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("meshctl: cannot start the async runtime: {e}");
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "meshctl: cannot start the async runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -8,6 +8,33 @@
 //! proxy and shows how they were balanced, split and secured. See
 //! `docs/local-mode.md`.
 
+/// `println!` that ignores a closed stdout (`meshctl demo | head`) instead
+/// of panicking: the demo still stops its processes and exits normally.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` (flushed) that ignores a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout();
+        let _ = write!(o, $($arg)*);
+        let _ = o.flush();
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod admin;
 mod manifests;
 mod plan;
@@ -187,23 +214,24 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
-                eprintln!("meshctl demo --check: {e:#}");
+                errln!("meshctl demo --check: {e:#}");
                 ExitCode::FAILURE
             }
         };
     }
     if args.once && (args.grpc_calls < MIN_GRPC_CALLS || args.http_requests < MIN_HTTP_REQUESTS) {
-        eprintln!(
+        errln!(
             "meshctl demo --once: the shares are checked over at least {MIN_GRPC_CALLS} gRPC \
              calls and {MIN_HTTP_REQUESTS} HTTP requests (got --grpc-calls {} --http-requests {})",
-            args.grpc_calls, args.http_requests
+            args.grpc_calls,
+            args.http_requests
         );
         return ExitCode::from(2);
     }
     let setup = match Setup::prepare(&args) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("meshctl demo: {e:#}");
+            errln!("meshctl demo: {e:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -219,9 +247,9 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     if let Outcome::Failed(e) = &outcome {
         report_failure(e, &sup, &setup.work.path);
     }
-    print!("== stopping {} processes ... ", sup.logs().len());
+    out!("== stopping {} processes ... ", sup.logs().len());
     sup.shutdown().await;
-    println!("done");
+    outln!("done");
     // A failure's logs are kept for reading; an interrupted or finished demo
     // cleans up after itself unless asked not to.
     let failed = matches!(
@@ -233,7 +261,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     match outcome {
         Outcome::Done { passed: true } => {
             if args.once {
-                println!(
+                outln!(
                     "== all checks passed ({:.1}s)",
                     started.elapsed().as_secs_f64()
                 );
@@ -241,7 +269,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Outcome::Done { passed: false } => {
-            eprintln!(
+            errln!(
                 "== some checks FAILED (above); logs kept in {}",
                 logs.display()
             );
@@ -249,7 +277,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         }
         Outcome::Failed(_) => ExitCode::FAILURE,
         Outcome::Interrupted(why) => {
-            println!("== {why}: stopped");
+            outln!("== {why}: stopped");
             if args.once {
                 ExitCode::from(130)
             } else {
@@ -289,18 +317,18 @@ async fn interrupted() -> &'static str {
 }
 
 fn report_failure(e: &anyhow::Error, sup: &Supervisor, work: &Path) {
-    eprintln!();
-    eprintln!("meshctl demo: FAILED: {e:#}");
+    errln!();
+    errln!("meshctl demo: FAILED: {e:#}");
     if let Some(exited) = e.downcast_ref::<procs::Exited>() {
-        eprintln!("--- last lines of {}:", exited.log.display());
-        eprintln!("{}", procs::tail(&exited.log, 20));
-        eprintln!("---");
+        errln!("--- last lines of {}:", exited.log.display());
+        errln!("{}", procs::tail(&exited.log, 20));
+        errln!("---");
     }
     let logs = sup.logs();
     if !logs.is_empty() {
-        eprintln!("logs (kept in {}):", work.display());
+        errln!("logs (kept in {}):", work.display());
         for (name, path) in logs {
-            eprintln!("  {name:<22} {}", path.display());
+            errln!("  {name:<22} {}", path.display());
         }
     }
 }
@@ -427,9 +455,9 @@ impl WorkDir {
         if let Some(t) = self.temp {
             if keep {
                 let p = t.keep();
-                println!("   work dir kept: {}", p.display());
+                outln!("   work dir kept: {}", p.display());
             } else if let Err(e) = t.close() {
-                eprintln!(
+                errln!(
                     "meshctl demo: could not delete {}: {e}",
                     self.path.display()
                 );
@@ -502,17 +530,15 @@ async fn wait_synced(
 
 /// Prints `== what ... ` and, when `f` is done, `ok (time)`.
 async fn step<T>(what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
-    use std::io::Write;
-    print!("== {what} ... ");
-    let _ = std::io::stdout().flush();
+    out!("== {what} ... ");
     let start = Instant::now();
     match f.await {
         Ok(v) => {
-            println!("ok ({:.1}s)", start.elapsed().as_secs_f64());
+            outln!("ok ({:.1}s)", start.elapsed().as_secs_f64());
             Ok(v)
         }
         Err(e) => {
-            println!("failed");
+            outln!("failed");
             Err(e)
         }
     }
@@ -720,18 +746,18 @@ async fn start_mesh(args: &DemoArgs, setup: &Setup, sup: &mut Supervisor) -> Res
 /// (`--once`) or stays up. `Ok(false)`: a check failed.
 async fn demo(args: &DemoArgs, setup: &Setup, sup: &mut Supervisor) -> Result<bool> {
     let plan = &setup.plan;
-    println!("== meshctl demo: a whole mesh on loopback, no cluster");
-    println!("   work dir: {}", setup.work.path.display());
-    println!("   binaries: {}", setup.bins.display());
+    outln!("== meshctl demo: a whole mesh on loopback, no cluster");
+    outln!("   work dir: {}", setup.work.path.display());
+    outln!("   binaries: {}", setup.bins.display());
     let t0 = Instant::now();
     let report = start_mesh(args, setup, sup).await?;
-    println!(
+    outln!(
         "   mesh up in {:.1}s: {} proxies SYNCED at controller snapshot {}",
         t0.elapsed().as_secs_f64(),
         plan.proxy_pods().len(),
         report.latest_snapshot
     );
-    println!(
+    outln!(
         "   client proxy: grpc-echo on {}, web on {}",
         local(plan.client_grpc),
         local(plan.client_web)
@@ -757,12 +783,12 @@ async fn demo(args: &DemoArgs, setup: &Setup, sup: &mut Supervisor) -> Result<bo
     let probe_addr = local(probe_backend.inbound_port);
     let probe = traffic::plaintext_refused(probe_addr).await;
     match &probe {
-        Ok(how) => println!(
+        Ok(how) => outln!(
             "   plaintext straight to {}'s proxy ({probe_addr}): refused ({how}),\n   \
              as PeerAuthentication STRICT in mesh/mtls.yaml says",
             probe_backend.pod
         ),
-        Err(got) => println!(
+        Err(got) => outln!(
             "   plaintext to {}'s proxy ({probe_addr}): {got}",
             probe_backend.pod
         ),
@@ -799,7 +825,7 @@ async fn change_route(
         .map(|p| p.acked.clone())
         .unwrap_or_default();
     let (v1, v2) = CHANGED_WEIGHTS;
-    println!();
+    outln!();
     let written = Instant::now();
     manifests::write_atomic(&setup.routes_file(), &manifests::web_routes(v1, v2))?;
     let after = step(
@@ -811,11 +837,12 @@ async fn change_route(
         .proxy(NAMESPACE, CLIENT)
         .map(|p| p.acked.clone())
         .unwrap_or_default();
-    println!(
+    outln!(
         "   controller snapshot {} -> {}, client proxy config {client_before} -> {client_after}",
-        before.latest_snapshot, after.latest_snapshot,
+        before.latest_snapshot,
+        after.latest_snapshot,
     );
-    println!(
+    outln!(
         "   every proxy SYNCED {:.0} ms after the write",
         written.elapsed().as_secs_f64() * 1000.0
     );
@@ -888,29 +915,30 @@ fn pct(n: u64, of: u64) -> f64 {
 }
 
 fn print_measurement(plan: &Plan, args: &DemoArgs, m: &Measurement, route: Option<(u32, u32)>) {
-    println!();
-    println!(
+    outln!();
+    outln!(
         "== gRPC: {} calls to grpc-echo over ONE channel, {} in flight",
-        m.grpc.sent, args.concurrency
+        m.grpc.sent,
+        args.concurrency
     );
     for b in plan.backends_of(App::GrpcEcho) {
         let n = m.grpc.by_pod.get(&b.pod).copied().unwrap_or(0);
         let share = pct(n, m.grpc.ok());
-        println!(
+        outln!(
             "   {:<12} {n:>6} {share:>5.1}%  {}",
             b.pod,
             bar(share / 100.0)
         );
     }
     print_errors(&m.grpc);
-    println!(
+    outln!(
         "   ({:.0} calls/s; kube-proxy balances connections: one channel would stick to one pod)",
         m.grpc.sent as f64 / m.grpc.elapsed.as_secs_f64().max(1e-9)
     );
     print_http(plan, &m.http, route);
-    println!();
-    println!("== mTLS between the proxies");
-    println!(
+    outln!();
+    outln!("== mTLS between the proxies");
+    outln!(
         "   {}/{} gRPC and {}/{} HTTP answers name the caller {}",
         m.grpc.from_client,
         m.grpc.ok(),
@@ -918,19 +946,19 @@ fn print_measurement(plan: &Plan, args: &DemoArgs, m: &Measurement, route: Optio
         m.http.ok(),
         spiffe_id(NAMESPACE, CLIENT)
     );
-    println!("   in x-forwarded-client-cert, which a backend's proxy sets only for a verified");
-    println!("   mTLS peer, e.g.");
+    outln!("   in x-forwarded-client-cert, which a backend's proxy sets only for a verified");
+    outln!("   mTLS peer, e.g.");
     if let Some(x) = m.http.xfcc_sample.as_ref().or(m.grpc.xfcc_sample.as_ref()) {
-        println!("     {x}");
+        outln!("     {x}");
     }
 }
 
 fn print_http(plan: &Plan, t: &Tally, route: Option<(u32, u32)>) {
-    println!();
+    outln!();
     let route = route
         .map(|(a, b)| format!(", route v1 {a} / v2 {b}"))
         .unwrap_or_default();
-    println!(
+    outln!(
         "== HTTP: {} requests to web over ONE keep-alive connection{route}",
         t.sent
     );
@@ -943,7 +971,7 @@ fn print_http(plan: &Plan, t: &Tally, route: Option<(u32, u32)>) {
         let n: u64 = pods.iter().map(|(_, n)| n).sum();
         let share = pct(n, t.ok());
         let detail: Vec<String> = pods.iter().map(|(p, n)| format!("{p} {n}")).collect();
-        println!(
+        outln!(
             "   {version} {n:>6} {share:>5.1}%  {:<36} {}",
             bar(share / 100.0),
             detail.join(", ")
@@ -954,9 +982,9 @@ fn print_http(plan: &Plan, t: &Tally, route: Option<(u32, u32)>) {
 
 fn print_errors(t: &Tally) {
     if t.failed() > 0 {
-        println!("   {} failed:", t.failed());
+        outln!("   {} failed:", t.failed());
         for (e, n) in &t.errors {
-            println!("     {n:>6} {e}");
+            outln!("     {n:>6} {e}");
         }
     }
 }
@@ -977,10 +1005,10 @@ impl Checks {
     }
 
     fn print(&self) {
-        println!();
-        println!("== checks");
+        outln!();
+        outln!("== checks");
         for (what, ok, detail) in &self.results {
-            println!("   {} {what}: {detail}", if *ok { "ok  " } else { "FAIL" });
+            outln!("   {} {what}: {detail}", if *ok { "ok  " } else { "FAIL" });
         }
     }
 
@@ -1076,30 +1104,30 @@ async fn interactive(args: &DemoArgs, setup: &Setup, sup: &mut Supervisor) -> Re
     } else {
         format!(" --base-port {}", plan.base)
     };
-    println!();
-    println!("== the demo keeps running. Try:");
-    println!("   $EDITOR {}", setup.routes_file().display());
-    println!("       e.g. weights 50/50 (they must add up to 100), then save: the controller");
-    println!("       re-reads it within half a second and streams it to every proxy");
-    println!("   meshctl demo --check{base_flag}      # measure again, from another terminal");
-    println!(
+    outln!();
+    outln!("== the demo keeps running. Try:");
+    outln!("   $EDITOR {}", setup.routes_file().display());
+    outln!("       e.g. weights 50/50 (they must add up to 100), then save: the controller");
+    outln!("       re-reads it within half a second and streams it to every proxy");
+    outln!("   meshctl demo --check{base_flag}      # measure again, from another terminal");
+    outln!(
         "   curl -s http://{}/                # one request to web: which pod, and who called it",
         local(plan.client_web)
     );
-    println!(
+    outln!(
         "   curl -s http://{}/debug/syncz     # each proxy's config version and ACK",
         local(plan.controller_admin)
     );
-    println!(
+    outln!(
         "   curl -s http://{}/config_dump     # what the client proxy runs",
         local(plan.client_admin)
     );
-    println!(
+    outln!(
         "   curl -s http://{}/metrics | grep mesh_requests_total",
         local(plan.client_metrics)
     );
-    println!("   logs: {}/", setup.work.path.join("logs").display());
-    println!(
+    outln!("   logs: {}/", setup.work.path.join("logs").display());
+    outln!(
         "Every {:?} (or when you press Enter) meshctl sends {} gRPC calls and {} HTTP\n\
          requests and prints the split. Ctrl-C stops everything.",
         args.interval,
@@ -1129,7 +1157,7 @@ async fn interactive(args: &DemoArgs, setup: &Setup, sup: &mut Supervisor) -> Re
         sup.check()?;
         let note = route_note(setup).await;
         if note != last_note {
-            println!("   {note}");
+            outln!("   {note}");
             last_note = note;
         }
         let m = measure(
@@ -1139,7 +1167,7 @@ async fn interactive(args: &DemoArgs, setup: &Setup, sup: &mut Supervisor) -> Re
             (args.http_requests / 5).max(100),
         )
         .await?;
-        println!(
+        outln!(
             "   [+{:>4}s] {}",
             start.elapsed().as_secs(),
             one_line(plan, &m)
@@ -1257,7 +1285,7 @@ async fn check_running(args: &DemoArgs) -> Result<bool> {
                 .is_some_and(|s| s.status == "SYNCED")
         })
         .count();
-    println!(
+    outln!(
         "== demo on {}-{}: {synced}/{} proxies SYNCED at controller snapshot {}",
         plan.base,
         plan.base + plan::LAST_OFFSET,
@@ -1265,20 +1293,23 @@ async fn check_running(args: &DemoArgs) -> Result<bool> {
         report.latest_snapshot
     );
     if synced < pods.len() {
-        println!("{}", report.describe(NAMESPACE, &pods));
+        outln!("{}", report.describe(NAMESPACE, &pods));
     }
     if let Ok(st) = admin::get_json::<Vec<ResourceStatus>>(ctl, "/debug/status").await {
         for s in st.iter().filter(|s| !s.accepted) {
-            println!(
+            outln!(
                 "   {} {}/{} NOT accepted: {}",
-                s.kind, s.namespace, s.name, s.message
+                s.kind,
+                s.namespace,
+                s.name,
+                s.message
             );
         }
     }
     let route = client_route(local(plan.client_admin)).await;
     match &route {
-        Ok((a, b)) => println!("   the client proxy routes web v1 {a} / v2 {b}"),
-        Err(e) => println!("   the client proxy's route: {e:#}"),
+        Ok((a, b)) => outln!("   the client proxy routes web v1 {a} / v2 {b}"),
+        Err(e) => outln!("   the client proxy's route: {e:#}"),
     }
     let m = measure(&plan, args.grpc_calls, args.concurrency, args.http_requests).await?;
     print_measurement(&plan, args, &m, route.ok());
