@@ -196,8 +196,22 @@ impl Translator {
             }
         }
         let mut services: HashMap<String, ServiceBuild> = HashMap::new();
+        // An incremental build (only Services and EndpointSlices changed)
+        // keeps each untouched Service's model from the previous snapshot:
+        // nothing it is built from changed.
+        let mut kept: HashMap<String, Arc<ServiceModel>> = HashMap::new();
         let slices = slices_by_service(world);
         for (key, svc) in &world.services {
+            if let (Some(keys), Some(previous)) = (touched, &self.previous) {
+                let name = service_host(&key.name, &key.namespace);
+                match previous.services.get(&name) {
+                    Some(model) if !keys.contains(key) => {
+                        kept.insert(name, model.clone());
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             let endpoints = self
                 .endpoints
                 .entry(key.clone())
@@ -217,7 +231,9 @@ impl Translator {
         for se in &resources.service_entries {
             for b in service_entry(se) {
                 // A Kubernetes Service of the same name wins.
-                services.entry(b.proto.name.clone()).or_insert(b);
+                if !kept.contains_key(&b.proto.name) {
+                    services.entry(b.proto.name.clone()).or_insert(b);
+                }
             }
         }
         for dr in &resources.destination_rules {
@@ -267,6 +283,7 @@ impl Translator {
                 };
                 (name, Arc::new(model))
             })
+            .chain(kept)
             .collect();
 
         let snapshot = Arc::new(Snapshot {

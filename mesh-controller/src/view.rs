@@ -187,31 +187,49 @@ impl Diff {
             && self.trust_bundle.is_none()
     }
 
-    /// Between `old` and `new` (services compare by pointer first: an
-    /// unchanged service keeps its `Arc` across snapshots).
+    /// Between `old` and `new`: one merge of the two name-sorted service
+    /// lists (services compare by pointer first: an unchanged service
+    /// keeps its `Arc` across snapshots).
     pub fn between(old: &View, new: &View) -> Diff {
+        use std::cmp::Ordering;
         let mut diff = Diff::default();
         if !Arc::ptr_eq(&old.services, &new.services) {
-            let before: std::collections::HashMap<&str, &Arc<pb::Service>> = old
-                .services
-                .services
-                .iter()
-                .map(|s| (s.name.as_str(), s))
-                .collect();
-            let mut still = HashSet::new();
-            for s in new.services.services.iter() {
-                still.insert(s.name.as_str());
-                match before.get(s.name.as_str()) {
-                    Some(b) if Arc::ptr_eq(b, s) || ***b == **s => {}
-                    _ => diff.upserted.push(s.clone()),
+            let (before, after) = (&old.services.services, &new.services.services);
+            let (mut i, mut j) = (0, 0);
+            loop {
+                match (before.get(i), after.get(j)) {
+                    (None, None) => break,
+                    (Some(b), None) => {
+                        diff.removed.push(b.name.clone());
+                        i += 1;
+                    }
+                    (None, Some(a)) => {
+                        diff.upserted.push(a.clone());
+                        j += 1;
+                    }
+                    (Some(b), Some(a)) if Arc::ptr_eq(b, a) => {
+                        i += 1;
+                        j += 1;
+                    }
+                    (Some(b), Some(a)) => match b.name.cmp(&a.name) {
+                        Ordering::Less => {
+                            diff.removed.push(b.name.clone());
+                            i += 1;
+                        }
+                        Ordering::Greater => {
+                            diff.upserted.push(a.clone());
+                            j += 1;
+                        }
+                        Ordering::Equal => {
+                            if **b != **a {
+                                diff.upserted.push(a.clone());
+                            }
+                            i += 1;
+                            j += 1;
+                        }
+                    },
                 }
             }
-            diff.removed = before
-                .keys()
-                .filter(|n| !still.contains(*n))
-                .map(|n| n.to_string())
-                .collect();
-            diff.removed.sort();
         }
         if old.inbound != new.inbound {
             diff.inbound = Some(new.inbound.clone());
@@ -232,5 +250,46 @@ impl Diff {
             settings: None,
             gateway_listeners: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, port: u32) -> Arc<pb::Service> {
+        Arc::new(pb::Service {
+            name: name.into(),
+            ports: vec![pb::ServicePort {
+                port,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn view(services: Vec<Arc<pb::Service>>) -> View {
+        View {
+            services: Arc::new(Visible { services, hash: 0 }),
+            inbound: pb::InboundPolicy::default(),
+            trust_bundle: Arc::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn diff_merges_the_sorted_lists() {
+        let (a, b, c) = (svc("a", 80), svc("b", 80), svc("c", 80));
+        let old = view(vec![a.clone(), b, c.clone()]);
+        // a changed in content (a new Arc), b removed, c the same Arc, d new.
+        let (a2, d) = (svc("a", 8080), svc("d", 80));
+        let diff = Diff::between(&old, &view(vec![a2.clone(), c.clone(), d.clone()]));
+        assert_eq!(diff.upserted, vec![a2, d]);
+        assert_eq!(diff.removed, vec!["b".to_string()]);
+        // Equal content in a new Arc is no change.
+        let same = Diff::between(&old, &view(vec![svc("a", 80), svc("b", 80), c]));
+        assert!(same.is_empty(), "{same:?}");
+        // Everything removed.
+        let gone = Diff::between(&old, &view(Vec::new()));
+        assert_eq!(gone.removed, vec!["a", "b", "c"]);
     }
 }

@@ -4,11 +4,12 @@
 //! the mesh's resources (VirtualService, DestinationRule, ...) plus
 //! Kubernetes `Service`, `EndpointSlice`, `Pod` and `Namespace` documents
 //! for the static services and endpoints. The directory is re-read when a
-//! file changes (polled each `interval`). A document that cannot be read is
-//! reported with its file and document number and left out; the rest of
-//! the directory still counts.
+//! file changes (polled each `interval`); only files whose size or mtime
+//! changed are parsed again. A document that cannot be read is reported
+//! with its file and document number and left out; the rest of the
+//! directory still counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -28,6 +29,17 @@ pub struct DirSource {
     dir: PathBuf,
     interval: Duration,
     statuses: Mutex<BTreeMap<mesh_api::ResourceRef, ResourceStatus>>,
+    /// Each file as last parsed, with its (size, mtime) then.
+    parsed: Mutex<HashMap<PathBuf, ParsedFile>>,
+    /// The objects of each kind as last sent.
+    sent: Mutex<BTreeMap<Kind, Vec<Object>>>,
+}
+
+#[derive(Debug)]
+struct ParsedFile {
+    stamp: (u64, Option<SystemTime>),
+    objects: Vec<Object>,
+    errors: Vec<String>,
 }
 
 /// What one read of the directory found.
@@ -44,6 +56,8 @@ impl DirSource {
             dir: dir.into(),
             interval,
             statuses: Mutex::new(BTreeMap::new()),
+            parsed: Mutex::new(HashMap::new()),
+            sent: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -55,18 +69,42 @@ impl DirSource {
             .unwrap_or_default()
     }
 
-    /// Reads every file once.
+    /// Reads every file: parses those that are new or changed (size or
+    /// mtime) since the last read, reuses the others' objects.
     pub fn read(&self) -> DirContents {
         let mut out = DirContents::default();
         let mut files = Vec::new();
         collect_files(&self.dir, &mut files, &mut out.errors);
         files.sort();
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::with_capacity(files.len());
         for f in files {
-            match std::fs::read_to_string(&f) {
-                Ok(text) => parse_documents(&f, &text, &mut out),
-                Err(e) => out.errors.push(format!("{}: {e}", f.display())),
+            // Stat before reading: a write in between re-parses next time.
+            let stamp = std::fs::metadata(&f)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()));
+            let file = match parsed.remove(&f) {
+                Some(p) if Some(p.stamp) == stamp => p,
+                _ => {
+                    let mut contents = DirContents::default();
+                    match std::fs::read_to_string(&f) {
+                        Ok(text) => parse_documents(&f, &text, &mut contents),
+                        Err(e) => contents.errors.push(format!("{}: {e}", f.display())),
+                    }
+                    ParsedFile {
+                        stamp: stamp.unwrap_or_default(),
+                        objects: contents.objects,
+                        errors: contents.errors,
+                    }
+                }
+            };
+            out.objects.extend(file.objects.iter().cloned());
+            out.errors.extend(file.errors.iter().cloned());
+            if stamp.is_some() {
+                next.insert(f, file);
             }
         }
+        *parsed = next;
         out
     }
 
@@ -101,7 +139,14 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<String>) {
         if name.starts_with('.') {
             continue;
         }
-        if path.is_dir() {
+        // The entry's type comes with the listing (no stat); a symlink is
+        // followed.
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => path.is_dir(),
+            Ok(t) => t.is_dir(),
+            Err(_) => path.is_dir(),
+        };
+        if is_dir {
             collect_files(&path, out, errors);
         } else if [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x)) {
             out.push(path);
@@ -228,6 +273,9 @@ const KINDS: [Kind; 10] = [
 ];
 
 impl DirSource {
+    /// One `Replace` per kind whose objects differ from the last ones sent
+    /// (every kind the first time): a changed EndpointSlice file does not
+    /// make the pipeline compare every Pod again.
     fn changes(&self) -> Vec<Change> {
         let contents = self.read();
         for e in &contents.errors {
@@ -238,10 +286,31 @@ impl DirSource {
         for obj in contents.objects {
             by_kind.entry(obj.kind()).or_default().push(obj);
         }
-        by_kind
-            .into_iter()
-            .map(|(k, objs)| Change::Replace(k, objs))
-            .collect()
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changes = Vec::new();
+        for (kind, objects) in by_kind {
+            let unchanged = sent.get(&kind).is_some_and(|before| {
+                before.len() == objects.len()
+                    && before.iter().zip(&objects).all(|(a, b)| same(a, b))
+            });
+            if !unchanged {
+                sent.insert(kind, objects.clone());
+                changes.push(Change::Replace(kind, objects));
+            }
+        }
+        changes
+    }
+}
+
+/// The very same object (re-reads reuse the objects of unchanged files).
+fn same(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b),
+        (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b),
+        (Object::Pod(a), Object::Pod(b)) => Arc::ptr_eq(a, b),
+        (Object::Namespace(a), Object::Namespace(b)) => Arc::ptr_eq(a, b),
+        (Object::Mesh(a), Object::Mesh(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 
@@ -298,6 +367,33 @@ impl Source for DirSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reread_parses_changed_files_and_drops_removed_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let svc = |name: &str, port: u16| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: {port}}}]}}\n")
+        };
+        std::fs::write(tmp.path().join("a.yaml"), svc("a", 80)).unwrap();
+        std::fs::write(tmp.path().join("b.yaml"), svc("b", 80)).unwrap();
+        let source = DirSource::new(tmp.path(), Duration::from_millis(10));
+        let first = source.read();
+        assert_eq!(first.objects.len(), 2);
+        let port = |c: &DirContents, name: &str| {
+            c.objects.iter().find_map(|o| match o {
+                Object::Service(s) if s.metadata.name.as_deref() == Some(name) => {
+                    Some(s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port)
+                }
+                _ => None,
+            })
+        };
+        std::fs::write(tmp.path().join("a.yaml"), svc("a", 8080)).unwrap();
+        std::fs::remove_file(tmp.path().join("b.yaml")).unwrap();
+        let second = source.read();
+        assert_eq!(port(&second, "a"), Some(8080));
+        assert_eq!(port(&second, "b"), None);
+        assert_eq!(second.objects.len(), 1);
+    }
 
     #[test]
     fn reads_kubernetes_and_mesh_documents_and_names_bad_ones() {
