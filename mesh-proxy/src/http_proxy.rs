@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::balance::PickContext;
 use crate::body::{self, Guarded, ProxyBody};
-use crate::model::{MeshState, Protocol, Route};
+use crate::model::{MeshState, Protocol, Route, RouteChoice};
 use crate::policy;
 use crate::pool::{UpstreamError, UpstreamProtocol};
 use crate::routing::RequestInfo;
@@ -275,26 +275,19 @@ async fn outbound(
             port,
             source_labels: shared.local.labels.as_ref().unwrap_or(&no_labels),
         };
-        if svc.routes.is_empty() {
-            None
-        } else {
-            match svc
-                .routes
-                .iter()
-                .find(|r| r.matchers.is_empty() || r.matchers.iter().any(|m| m.matches(&info)))
-            {
-                Some(r) => Some(r),
-                None => {
-                    return fail(
-                        StatusCode::NOT_FOUND,
-                        "no-route",
-                        format!(
-                            "mesh-proxy: no route of {name} matches {} {}",
-                            req.method(),
-                            req.uri().path()
-                        ),
-                    )
-                }
+        match svc.select_route(&info) {
+            RouteChoice::Default => None,
+            RouteChoice::Route(r) => Some(r),
+            RouteChoice::NoMatch => {
+                return fail(
+                    StatusCode::NOT_FOUND,
+                    "no-route",
+                    format!(
+                        "mesh-proxy: no route of {name} matches {} {}",
+                        req.method(),
+                        req.uri().path()
+                    ),
+                )
             }
         }
     };

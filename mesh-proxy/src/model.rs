@@ -76,7 +76,8 @@ pub struct ServiceState {
     pub ports: Vec<(u16, Protocol)>,
     pub routes: Vec<Route>,
     /// Balancers by (subset, service port); subset "" is all endpoints.
-    backends: HashMap<(String, u16), Arc<Balancer>>,
+    /// (A short list: a linear scan beats hashing a key per request.)
+    backends: Vec<((String, u16), Arc<Balancer>)>,
     /// Weighted TCP destinations by port (0 = any port).
     pub tcp_routes: Vec<TcpRoute>,
     /// Names of the subsets the destination policy declares.
@@ -275,7 +276,9 @@ impl MeshState {
         self.services
             .get(service)?
             .backends
-            .get(&(subset.to_string(), port))
+            .iter()
+            .find(|((s, p), _)| *p == port && s == subset)
+            .map(|(_, b)| b)
     }
 
     /// The workload's AuthorizationPolicies (inbound).
@@ -299,6 +302,33 @@ impl ServiceState {
             .iter()
             .find(|(p, _)| *p == port)
             .map(|(_, pr)| *pr)
+    }
+}
+
+/// Which route a request takes.
+#[derive(Debug)]
+pub enum RouteChoice<'a> {
+    /// The service has no routes: the default route to itself.
+    Default,
+    Route(&'a Route),
+    /// Routes exist and none matches.
+    NoMatch,
+}
+
+impl ServiceState {
+    /// The first route (in declared order) whose matchers accept `info`.
+    pub fn select_route(&self, info: &crate::routing::RequestInfo<'_>) -> RouteChoice<'_> {
+        if self.routes.is_empty() {
+            return RouteChoice::Default;
+        }
+        match self
+            .routes
+            .iter()
+            .find(|r| r.matchers.is_empty() || r.matchers.iter().any(|m| m.matches(info)))
+        {
+            Some(r) => RouteChoice::Route(r),
+            None => RouteChoice::NoMatch,
+        }
     }
 }
 
@@ -416,7 +446,7 @@ fn compile_backends(
     previous: Option<&MeshState>,
     all: &mut HashMap<SocketAddr, Arc<Endpoint>>,
     dns: &DnsCache,
-) -> Result<HashMap<(String, u16), Arc<Balancer>>, ConfigError> {
+) -> Result<Vec<((String, u16), Arc<Balancer>)>, ConfigError> {
     let policy = s.policy.clone().unwrap_or_default();
     let tls = origination(policy.tls.as_ref(), s, &format!("{field}.policy.tls"))?;
     let service_alg = algorithm(
@@ -465,7 +495,7 @@ fn compile_backends(
         }
     }
 
-    let mut backends = HashMap::new();
+    let mut backends = Vec::new();
     for (port, _) in ports {
         let eps = per_port.remove(port).unwrap_or_default();
         for subset in &policy.subsets {
@@ -496,17 +526,17 @@ fn compile_backends(
                     .as_ref()
                     .or(policy.connection_pool.as_ref()),
             );
-            backends.insert(
+            backends.push((
                 (subset.name.clone(), *port),
                 Arc::new(Balancer::new(members, alg).with_resilience(outlier, limits)),
-            );
+            ));
         }
         let outlier = OutlierPolicy::compile(policy.outlier_detection.as_ref());
         let limits = PoolLimits::compile(policy.connection_pool.as_ref());
-        backends.insert(
+        backends.push((
             (String::new(), *port),
             Arc::new(Balancer::new(eps, service_alg.clone()).with_resilience(outlier, limits)),
-        );
+        ));
     }
     Ok(backends)
 }

@@ -581,3 +581,26 @@ async fn pool_overflow_answers_503_with_the_limit_and_stays_healthy() {
     assert_eq!(send(&c, addr, "GET", "/", &[]).await.status, 200);
     proxy.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_split_connections_by_weight() {
+    use tokio::io::AsyncReadExt;
+    let one = banner_backend(b"one\n").await;
+    let two = banner_backend(b"two\n").await;
+    let yaml = format!(
+        "version: \"1\"\nservices:\n  - name: db\n    ports: [{{port: 5432, protocol: TCP}}]\n    endpoints:\n{}    policy:\n      subsets:\n        - {{name: v1, labels: {{version: v1}}}}\n        - {{name: v2, labels: {{version: v2}}}}\n    tcpRoutes:\n      - port: 5432\n        destinations:\n          - {{destination: {{service: db, subset: v1}}, weight: 80}}\n          - {{destination: {{service: db, subset: v2}}, weight: 20}}\n",
+        endpoints_yaml(&[one, two], 5432)
+    );
+    let proxy = start_proxy(&yaml, &["db:5432"], &[]).await;
+    let mut two_count = 0;
+    for _ in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(proxy.listener(0)).await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        if &buf == b"two\n" {
+            two_count += 1;
+        }
+    }
+    assert!((170..=230).contains(&two_count), "20% ± 3% to v2: {two_count} of 1000");
+    proxy.running.shutdown().await;
+}
