@@ -18,7 +18,10 @@ fn the_proxy_compiles_every_golden_controller_config() {
             let config = mesh_proxy::model::MeshState::parse(&text)
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             if let Err(e) = mesh_proxy::model::MeshState::compile(config, None) {
-                panic!("{}: the proxy refuses the controller's config: {e}", file.display());
+                panic!(
+                    "{}: the proxy refuses the controller's config: {e}",
+                    file.display()
+                );
             }
             checked += 1;
         }

@@ -594,13 +594,18 @@ async fn tcp_routes_split_connections_by_weight() {
     let proxy = start_proxy(&yaml, &["db:5432"], &[]).await;
     let mut two_count = 0;
     for _ in 0..1000 {
-        let mut s = tokio::net::TcpStream::connect(proxy.listener(0)).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(proxy.listener(0))
+            .await
+            .unwrap();
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).await.unwrap();
         if &buf == b"two\n" {
             two_count += 1;
         }
     }
-    assert!((170..=230).contains(&two_count), "20% ± 3% to v2: {two_count} of 1000");
+    assert!(
+        (170..=230).contains(&two_count),
+        "20% ± 3% to v2: {two_count} of 1000"
+    );
     proxy.running.shutdown().await;
 }
