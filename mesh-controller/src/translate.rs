@@ -121,7 +121,8 @@ pub struct Snapshot {
     pub services: HashMap<String, Arc<ServiceModel>>,
     pub peer_auth: Vec<Selected<PeerAuthModel>>,
     pub authz: Vec<Selected<Arc<pb::AuthorizationPolicy>>>,
-    pub pods: HashMap<ObjKey, Arc<PodInfo>>,
+    /// Shared by consecutive snapshots until a pod changes.
+    pub pods: Arc<HashMap<ObjKey, Arc<PodInfo>>>,
     pub trust_bundle: Arc<Vec<String>>,
     /// Every mesh resource's `Accepted` status.
     pub statuses: Vec<ResourceStatus>,
@@ -179,7 +180,9 @@ impl Translator {
     }
 
     /// Builds the next snapshot. `touched` names the Services whose
-    /// endpoints may have changed; `None` recomputes everything.
+    /// endpoints may have changed when nothing else did (only Services and
+    /// EndpointSlices changed since the last build); `None` recomputes
+    /// everything.
     pub fn build(
         &mut self,
         world: &World,
@@ -300,11 +303,17 @@ impl Translator {
                 .iter()
                 .map(|ap| authorization(ap, &self.config.root_namespace))
                 .collect(),
-            pods: world
-                .pods
-                .iter()
-                .map(|(k, p)| (k.clone(), p.clone()))
-                .collect(),
+            pods: match (touched, &previous) {
+                // Pods did not change (a pod's change makes a full build).
+                (Some(_), Some(p)) => p.pods.clone(),
+                _ => Arc::new(
+                    world
+                        .pods
+                        .iter()
+                        .map(|(k, p)| (k.clone(), p.clone()))
+                        .collect(),
+                ),
+            },
             trust_bundle,
             statuses,
             visible_cache: Mutex::new(HashMap::new()),

@@ -75,7 +75,6 @@ impl DirSource {
         let mut out = DirContents::default();
         let mut files = Vec::new();
         collect_files(&self.dir, &mut files, &mut out.errors);
-        files.sort();
         let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = HashMap::with_capacity(files.len());
         for f in files {
@@ -112,7 +111,6 @@ impl DirSource {
     fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         let mut files = Vec::new();
         collect_files(&self.dir, &mut files, &mut Vec::new());
-        files.sort();
         files
             .into_iter()
             .map(|f| {
@@ -125,6 +123,7 @@ impl DirSource {
     }
 }
 
+/// Every config file under `dir`, in path order.
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<String>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -133,7 +132,10 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<String>) {
             return;
         }
     };
-    for entry in entries.flatten() {
+    // Sorted by name here, the whole list comes out in path order.
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with('.') {
