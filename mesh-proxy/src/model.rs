@@ -76,13 +76,16 @@ pub struct ServiceState {
     pub ports: Vec<(u16, Protocol)>,
     pub routes: Vec<Route>,
     /// Balancers by (subset, service port); subset "" is all endpoints.
-    /// (A short list: a linear scan beats hashing a key per request.)
-    backends: Vec<((String, u16), Arc<Balancer>)>,
+    backends: Backends,
     /// Weighted TCP destinations by port (0 = any port).
     pub tcp_routes: Vec<TcpRoute>,
     /// Names of the subsets the destination policy declares.
     pub subsets: Vec<String>,
 }
+
+/// Balancers by (subset, service port); subset "" is all endpoints. A short
+/// list: a linear scan beats hashing a key per request.
+type Backends = Vec<((String, u16), Arc<Balancer>)>;
 
 /// Where a route sends a request.
 #[derive(Debug, Clone)]
@@ -446,7 +449,7 @@ fn compile_backends(
     previous: Option<&MeshState>,
     all: &mut HashMap<SocketAddr, Arc<Endpoint>>,
     dns: &DnsCache,
-) -> Result<Vec<((String, u16), Arc<Balancer>)>, ConfigError> {
+) -> Result<Backends, ConfigError> {
     let policy = s.policy.clone().unwrap_or_default();
     let tls = origination(policy.tls.as_ref(), s, &format!("{field}.policy.tls"))?;
     let service_alg = algorithm(
