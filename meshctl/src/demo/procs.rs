@@ -266,6 +266,13 @@ mod tests {
         assert_eq!(e.name, "quitter");
         assert_eq!(e.status.code(), Some(3));
         assert_eq!(tail(&e.log, 5), "bye");
+        // On a busy machine the sleeper's shell may not have run yet.
+        for _ in 0..250 {
+            if tail(&sup.log_path("sleeper"), 1) == "started" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let started = std::time::Instant::now();
         sup.shutdown().await;
         assert!(started.elapsed() < GRACE, "sleep stops on SIGTERM");
