@@ -34,13 +34,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use mesh_controller::testing;
 use mesh_proto::config::v1::{
     config_discovery_client::ConfigDiscoveryClient, discovery_request, Ack, DiscoveryRequest,
     DiscoveryResponse, Hello,
 };
 use rand::Rng;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -233,102 +232,13 @@ fn write_config(a: &Args, dir: &Path) -> Result<(), Error> {
 
 // ---- certificates ----
 
-struct Cert {
-    chain: Vec<CertificateDer<'static>>,
-    chain_pem: String,
-    key: PrivateKeyDer<'static>,
-    key_pem: String,
-    bundle_pem: String,
-}
-
-fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> Result<Cert, Error> {
-    let id = mesh_api::WorkloadIdentity::new("cluster.local", ns, sa)?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(id.uri().as_str().try_into()?)];
-    let csr = params.serialize_request(&key)?.pem()?;
-    let leaf = ca.sign(&id, &csr, Duration::from_secs(24 * 3600))?;
-    let chain_pem = leaf.cert_chain_pem.join("\n");
-    Ok(Cert {
-        chain: CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<_, _>>()?,
-        chain_pem,
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        key_pem: key.serialize_pem(),
-        bundle_pem: leaf.trust_bundle_pem.join("\n"),
+fn issue(ca: &mesh_ca::authority::Authority, ns: &str, sa: &str) -> testing::Issued {
+    testing::issue(ns, sa, |id, csr| {
+        let leaf = ca
+            .sign(id, csr, Duration::from_secs(24 * 3600))
+            .expect("signing a benchmark certificate");
+        (leaf.cert_chain_pem, leaf.trust_bundle_pem)
     })
-}
-
-/// Accepts any server certificate: the benchmark is about the
-/// controller's side; proxies' verification of it is tested elsewhere.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn client_config(me: &Cert) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(me.chain.clone(), me.key.clone_key())?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
-async fn channel(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<tonic::transport::Channel, Error> {
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let config = config.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(
-                    rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
-                    tcp,
-                )
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_with_connector(connector)
-            .await?,
-    )
 }
 
 // ---- the simulated proxies ----
@@ -380,7 +290,7 @@ async fn run_proxy(
     opened: tokio::sync::oneshot::Sender<()>,
 ) {
     let r = async {
-        let ch = channel(addr, config).await?;
+        let ch = testing::channel_with(addr, config).await?;
         let (tx, rx) = mpsc::channel(8);
         let sa = svc_name(p.service);
         tx.send(DiscoveryRequest {
@@ -836,10 +746,10 @@ async fn run(a: Args) -> Result<(), Error> {
     };
 
     let ca = mesh_ca::authority::Authority::generate()?;
-    let me = issue(&ca, "mesh-system", "mesh-controller")?;
+    let me = issue(&ca, "mesh-system", "mesh-controller");
     std::fs::write(tls.join("cert.pem"), &me.chain_pem)?;
     std::fs::write(tls.join("key.pem"), &me.key_pem)?;
-    std::fs::write(tls.join("bundle.pem"), &me.bundle_pem)?;
+    std::fs::write(tls.join("bundle.pem"), &me.trust_bundle_pem)?;
     // One certificate per (namespace, ServiceAccount) that has a proxy.
     let proxies: Vec<Proxy> = (0..a.proxies)
         .map(|i| Proxy {
@@ -854,8 +764,8 @@ async fn run(a: Args) -> Result<(), Error> {
         if let std::collections::hash_map::Entry::Vacant(v) =
             configs.entry((p.namespace, p.service))
         {
-            let cert = issue(&ca, &ns_name(p.namespace), &svc_name(p.service))?;
-            v.insert(client_config(&cert)?);
+            let cert = issue(&ca, &ns_name(p.namespace), &svc_name(p.service));
+            v.insert(testing::client_config(&cert.material));
         }
     }
 

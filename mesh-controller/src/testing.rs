@@ -113,21 +113,30 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     }
 }
 
-pub async fn channel(addr: std::net::SocketAddr, me: &Material) -> tonic::transport::Channel {
+/// A client TLS config presenting `me` (and accepting any server).
+pub fn client_config(me: &Material) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
+        .expect("TLS 1.3 is supported")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
         .with_client_auth_cert(me.chain.clone(), me.key.clone_key())
-        .unwrap();
+        .expect("a usable client certificate");
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = Arc::new(config);
+    Arc::new(config)
+}
+
+/// A gRPC channel to the controller at `addr` over mTLS with `config`.
+pub async fn channel_with(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let connector = tower::service_fn(move |_: http::Uri| {
         let config = config.clone();
         async move {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(
                     rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
@@ -137,11 +146,16 @@ pub async fn channel(addr: std::net::SocketAddr, me: &Material) -> tonic::transp
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_with_connector(connector)
         .await
-        .unwrap()
+}
+
+/// [`channel_with`] presenting `me`.
+pub async fn channel(addr: SocketAddr, me: &Material) -> tonic::transport::Channel {
+    channel_with(addr, client_config(me))
+        .await
+        .expect("connecting to the controller")
 }
 
 /// One proxy's stream.
