@@ -72,8 +72,9 @@ impl std::str::FromStr for NativeSidecar {
     }
 }
 
-/// Resource requests and limits of the proxy container (Kubernetes
-/// quantities). A missing value sets no request/limit.
+/// Resource requests and limits of the proxy (and init) container, as
+/// Kubernetes quantities. A field left out keeps its default; `null` sets no
+/// request or limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ProxyResources {
@@ -321,9 +322,12 @@ mod tests {
         assert_eq!(cfg.init_image(), "x/init:1");
         assert_eq!(cfg.native_sidecar, NativeSidecar::Never);
         assert_eq!(cfg.proxy_resources.cpu_limit.as_deref(), Some("500m"));
-        // A partial block keeps nothing of the defaults it does not name:
-        // `proxyResources` is one value.
-        assert_eq!(cfg.proxy_resources.memory_request, None);
+        // A partial block keeps the defaults it does not name...
+        assert_eq!(cfg.proxy_resources.memory_request.as_deref(), Some("32Mi"));
+        // ...and `null` removes one.
+        let cfg = InjectorConfig::from_yaml("proxyResources:\n  memoryLimit: null\n", "t").unwrap();
+        assert_eq!(cfg.proxy_resources.memory_limit, None);
+        assert_eq!(cfg.proxy_resources.cpu_request.as_deref(), Some("10m"));
     }
 
     #[test]
