@@ -746,6 +746,33 @@ pub fn validate_gateway(gw: &Gateway) -> Vec<ValidationError> {
     if gw.spec.servers.is_empty() {
         r.error("spec.servers", "at least one server is required");
     }
+    if gw.spec.selector.is_empty() {
+        r.error(
+            "spec.selector",
+            "a selector is required: the labels of the gateway proxy pods (an empty selector would select nothing)",
+        );
+    }
+    let mut credentials: BTreeMap<u32, &str> = BTreeMap::new();
+    for (i, server) in gw.spec.servers.iter().enumerate() {
+        let Some(cred) = server
+            .tls
+            .as_ref()
+            .and_then(|t| t.credential_name.as_deref())
+        else {
+            continue;
+        };
+        if let Some(other) = credentials.insert(server.port.number, cred) {
+            if other != cred {
+                r.error(
+                    format!("spec.servers[{i}].tls.credentialName"),
+                    format!(
+                        "port {} already serves credential {other:?}: one certificate per port (put every host in its SANs)",
+                        server.port.number
+                    ),
+                );
+            }
+        }
+    }
     let mut protocols: BTreeMap<u32, Protocol> = BTreeMap::new();
     for (i, server) in gw.spec.servers.iter().enumerate() {
         let sp = format!("spec.servers[{i}]");

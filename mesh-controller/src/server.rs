@@ -358,6 +358,14 @@ impl Discovery {
                     let diff = Diff::between(old, &view);
                     if diff.is_empty() {
                         None
+                    } else if diff.needs_full() {
+                        Some(DiscoveryResponse {
+                            version: version.clone(),
+                            nonce: String::new(),
+                            full: true,
+                            config: Some(view.to_config(&version)),
+                            removed_services: Vec::new(),
+                        })
                     } else {
                         Some(DiscoveryResponse {
                             version: version.clone(),

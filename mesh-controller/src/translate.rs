@@ -24,6 +24,9 @@ use mesh_api::validate::{self, resolve_host, CLUSTER_DOMAIN, MESH_GATEWAY};
 use mesh_api::{MeshResource, ResourceRef, ResourceSet, ValidationError, WorkloadIdentity};
 use mesh_proto::config::v1 as pb;
 
+pub mod gateway;
+pub use gateway::GatewayModel;
+
 use crate::source::ResourceStatus;
 use crate::world::{slice_service, NamespaceInfo, ObjKey, PodInfo, World, EXPORT_TO_ANNOTATION};
 
@@ -121,6 +124,8 @@ pub struct Snapshot {
     pub services: HashMap<String, Arc<ServiceModel>>,
     pub peer_auth: Vec<Selected<PeerAuthModel>>,
     pub authz: Vec<Selected<Arc<pb::AuthorizationPolicy>>>,
+    /// Gateways with their bound routes, by namespace/name.
+    pub gateways: Vec<GatewayModel>,
     /// Shared by consecutive snapshots until a pod changes.
     pub pods: Arc<HashMap<ObjKey, Arc<PodInfo>>>,
     pub trust_bundle: Arc<Vec<String>>,
@@ -303,6 +308,7 @@ impl Translator {
                 .iter()
                 .map(|ap| authorization(ap, &self.config.root_namespace))
                 .collect(),
+            gateways: gateway::gateways(&resources.gateways, &resources.virtual_services),
             pods: match (touched, &previous) {
                 // Pods did not change (a pod's change makes a full build).
                 (Some(_), Some(p)) => p.pods.clone(),

@@ -38,6 +38,8 @@ pub struct View {
     pub services: Arc<Visible>,
     pub inbound: pb::InboundPolicy,
     pub trust_bundle: Arc<Vec<String>>,
+    /// Listeners of a gateway proxy; empty for sidecars.
+    pub gateway_listeners: Arc<Vec<pb::GatewayListener>>,
 }
 
 impl View {
@@ -50,6 +52,9 @@ impl View {
         self.services.hash.hash(&mut h);
         prost::Message::encode_to_vec(&self.inbound).hash(&mut h);
         self.trust_bundle.hash(&mut h);
+        for l in self.gateway_listeners.iter() {
+            prost::Message::encode_to_vec(l).hash(&mut h);
+        }
         h.finish()
     }
 
@@ -66,18 +71,34 @@ impl View {
             inbound: Some(self.inbound.clone()),
             trust_bundle_pem: self.trust_bundle.as_ref().clone(),
             settings: None,
-            gateway_listeners: Vec::new(),
+            gateway_listeners: self.gateway_listeners.as_ref().clone(),
         }
     }
 }
 
 impl Snapshot {
-    /// The view of the proxy `meta`.
+    /// The view of the proxy `meta`. A gateway proxy (one that Gateways
+    /// select) also gets their listeners and sees the services their routes
+    /// send to.
     pub fn view(&self, meta: &ProxyMeta) -> View {
+        let selected: Vec<_> = self
+            .gateways
+            .iter()
+            .filter(|g| g.selects(&meta.namespace, &meta.labels))
+            .collect();
+        let services = if selected.is_empty() {
+            self.visible(&meta.namespace)
+        } else {
+            let extra = selected.iter().flat_map(|g| g.references.iter());
+            self.compute_visible(&meta.namespace, extra.map(String::as_str))
+        };
         View {
-            services: self.visible(&meta.namespace),
+            services,
             inbound: self.inbound(meta),
             trust_bundle: self.trust_bundle.clone(),
+            gateway_listeners: Arc::new(crate::translate::gateway::merge_listeners(
+                selected.into_iter(),
+            )),
         }
     }
 
@@ -91,12 +112,26 @@ impl Snapshot {
         {
             return v;
         }
+        let list = self.compute_visible(namespace, std::iter::empty());
+        if let Ok(mut c) = self.visible_cache.lock() {
+            c.insert(namespace.to_string(), list.clone());
+        }
+        list
+    }
+
+    /// Services visible from `namespace` plus `extra` (and what they send to).
+    fn compute_visible<'a>(
+        &'a self,
+        namespace: &str,
+        extra: impl Iterator<Item = &'a str>,
+    ) -> Arc<Visible> {
         let mut seen: HashSet<&str> = HashSet::new();
         let mut queue: VecDeque<&str> = self
             .services
             .iter()
             .filter(|(_, s)| s.export.allows(&s.proto.namespace, namespace))
             .map(|(name, _)| name.as_str())
+            .chain(extra)
             .collect();
         while let Some(name) = queue.pop_front() {
             if !seen.insert(name) {
@@ -119,14 +154,10 @@ impl Snapshot {
             }
             h.finish()
         };
-        let list = Arc::new(Visible {
+        Arc::new(Visible {
             services: models.iter().map(|m| m.proto.clone()).collect(),
             hash,
-        });
-        if let Ok(mut c) = self.visible_cache.lock() {
-            c.insert(namespace.to_string(), list.clone());
-        }
-        list
+        })
     }
 
     /// The inbound policy of the workload `meta`: the most specific
@@ -177,6 +208,7 @@ pub struct Diff {
     pub removed: Vec<String>,
     pub inbound: Option<pb::InboundPolicy>,
     pub trust_bundle: Option<Vec<String>>,
+    pub gateway_listeners: Option<Vec<pb::GatewayListener>>,
 }
 
 impl Diff {
@@ -185,6 +217,13 @@ impl Diff {
             && self.removed.is_empty()
             && self.inbound.is_none()
             && self.trust_bundle.is_none()
+            && self.gateway_listeners.is_none()
+    }
+
+    /// An incremental response cannot say "no gateway listeners any more"
+    /// (an empty list means "unchanged"): such a change is sent in full.
+    pub fn needs_full(&self) -> bool {
+        self.gateway_listeners.as_ref().is_some_and(Vec::is_empty)
     }
 
     /// Between `old` and `new`: one merge of the two name-sorted service
@@ -237,6 +276,9 @@ impl Diff {
         if old.trust_bundle != new.trust_bundle {
             diff.trust_bundle = Some(new.trust_bundle.as_ref().clone());
         }
+        if old.gateway_listeners != new.gateway_listeners {
+            diff.gateway_listeners = Some(new.gateway_listeners.as_ref().clone());
+        }
         diff
     }
 
@@ -248,7 +290,7 @@ impl Diff {
             inbound: self.inbound.clone(),
             trust_bundle_pem: self.trust_bundle.clone().unwrap_or_default(),
             settings: None,
-            gateway_listeners: Vec::new(),
+            gateway_listeners: self.gateway_listeners.clone().unwrap_or_default(),
         }
     }
 }
@@ -273,6 +315,7 @@ mod tests {
             services: Arc::new(Visible { services, hash: 0 }),
             inbound: pb::InboundPolicy::default(),
             trust_bundle: Arc::new(Vec::new()),
+            gateway_listeners: Arc::new(Vec::new()),
         }
     }
 
@@ -291,5 +334,23 @@ mod tests {
         // Everything removed.
         let gone = Diff::between(&old, &view(Vec::new()));
         assert_eq!(gone.removed, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn gateway_listener_changes_are_sent_and_removal_is_full() {
+        let old = view(vec![svc("a", 80)]);
+        let mut with = view(old.services.services.clone());
+        with.services = old.services.clone();
+        with.gateway_listeners = Arc::new(vec![pb::GatewayListener {
+            port: 8443,
+            ..Default::default()
+        }]);
+        let added = Diff::between(&old, &with);
+        assert!(!added.is_empty() && !added.needs_full(), "{added:?}");
+        assert_eq!(added.to_config("v").gateway_listeners.len(), 1);
+        assert_ne!(old.hash(), with.hash());
+        // Removing every listener cannot be said incrementally.
+        let removed = Diff::between(&with, &old);
+        assert!(removed.needs_full(), "{removed:?}");
     }
 }

@@ -138,3 +138,14 @@ fn service_entries_external_dns_and_static() {
         &[("shop", "frontend-1", &[("app", "frontend")])],
     );
 }
+
+#[test]
+fn gateway_listeners_for_the_selected_pod_only() {
+    golden(
+        "gateway",
+        &[
+            ("ingress", "edge-1", &[("app", "edge")]),
+            ("shop", "web-1", &[("app", "web")]),
+        ],
+    );
+}

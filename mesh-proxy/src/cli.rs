@@ -163,6 +163,21 @@ pub struct RunArgs {
     #[arg(long, env = "MESH_IDENTITY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub identity_ttl: Duration,
 
+    /// Address gateway listeners bind (the ports come from the Gateway
+    /// resources that select this pod).
+    #[arg(long, env = "MESH_GATEWAY_BIND_IP", default_value = "0.0.0.0")]
+    pub gateway_bind_ip: std::net::IpAddr,
+
+    /// Where a gateway finds the certificates its Gateway servers name in
+    /// `tls.credentialName`: `DIR/<name>/tls.crt` and `tls.key` (mount each
+    /// `kubernetes.io/tls` Secret there).
+    #[arg(
+        long,
+        env = "MESH_GATEWAY_CREDENTIALS_DIR",
+        default_value = "/etc/mesh/gateway-credentials"
+    )]
+    pub gateway_credentials_dir: PathBuf,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     pub log: String,

@@ -31,11 +31,18 @@ pub const ORIG_PROTO: &str = "x-mesh-orig-proto";
 /// `By=<this workload>;URI=<caller>`).
 pub const XFCC: &str = "x-forwarded-client-cert";
 
+/// Set by a gateway: the scheme the client used.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Appended by a gateway: the client's address.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Whether traffic arrives from the local app or goes to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Outbound,
     Inbound,
+    /// Arriving at a gateway listener from outside the mesh.
+    Gateway,
 }
 
 impl Direction {
@@ -43,6 +50,7 @@ impl Direction {
         match self {
             Self::Outbound => "outbound",
             Self::Inbound => "inbound",
+            Self::Gateway => "gateway",
         }
     }
 }
@@ -54,6 +62,8 @@ pub enum Target {
     Service { name: Arc<str>, port: u16 },
     /// The local app (inbound): requests are forwarded as they are.
     Local { addr: SocketAddr },
+    /// A gateway listener: routed by host, then by route.
+    Gateway { port: u16, https: bool },
 }
 
 /// What every request on one downstream connection shares.
@@ -172,6 +182,15 @@ pub async fn handle(
             let out = Box::pin(outbound(&shared, &state, &conn, name, *port, req, grpc)).await;
             (out.response, name.to_string(), out.workload, out.upstream)
         }
+        Target::Gateway { port, https } => {
+            let out = Box::pin(gateway(&shared, &state, &conn, *port, *https, req, grpc)).await;
+            (
+                out.response,
+                "gateway".to_string(),
+                out.workload,
+                out.upstream,
+            )
+        }
         Target::Local { addr } => {
             let resp = Box::pin(inbound(&shared, &state, &conn, *addr, req, grpc)).await;
             (
@@ -201,11 +220,11 @@ pub async fn handle(
     let labels = [
         conn.direction.as_str(),
         match conn.direction {
-            Direction::Outbound => shared.local.workload.as_str(),
+            Direction::Outbound | Direction::Gateway => shared.local.workload.as_str(),
             Direction::Inbound => src_sa.as_str(),
         },
         match conn.direction {
-            Direction::Outbound => shared.local.namespace.as_str(),
+            Direction::Outbound | Direction::Gateway => shared.local.namespace.as_str(),
             Direction::Inbound => src_ns.as_str(),
         },
         dest_service.as_str(),
@@ -292,6 +311,135 @@ async fn outbound(
         }
     };
 
+    routed(
+        shared,
+        state,
+        conn,
+        Some(svc_idx),
+        route,
+        port,
+        req,
+        grpc,
+        request_id,
+    )
+    .await
+}
+
+/// A request at a gateway listener: the virtual host by the request's host,
+/// then the first matching route of that host.
+async fn gateway(
+    shared: &Arc<Shared>,
+    state: &MeshState,
+    conn: &ConnInfo,
+    port: u16,
+    https: bool,
+    mut req: Request<Incoming>,
+    grpc: bool,
+) -> Outcome {
+    let fail = |status, kind, msg: String| Outcome {
+        response: local_reply(status, kind, msg, grpc),
+        workload: "unknown".into(),
+        upstream: None,
+    };
+    let Some(listener) = state.gateway(port) else {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-listener",
+            format!("mesh-proxy: no gateway listener on port {port}"),
+        );
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let host = crate::model::normalize_host(&authority);
+    let Some(vhost) = listener.vhost(&host) else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            format!("mesh-proxy: gateway port {port} serves no host {host:?}"),
+        );
+    };
+    let request_id = crate::telemetry::propagate(req.headers_mut());
+    // What the backend needs to know about the edge: the scheme and the client.
+    let h = req.headers_mut();
+    h.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    let client = conn.client.ip().to_string();
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    let no_labels = BTreeMap::new();
+    let info = RequestInfo {
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+        port,
+        source_labels: shared.local.labels.as_ref().unwrap_or(&no_labels),
+    };
+    let Some(route) = vhost
+        .routes
+        .iter()
+        .find(|r| r.matchers.is_empty() || r.matchers.iter().any(|m| m.matches(&info)))
+    else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            format!(
+                "mesh-proxy: no route of {host} matches {} {}",
+                req.method(),
+                req.uri().path()
+            ),
+        );
+    };
+    routed(
+        shared,
+        state,
+        conn,
+        None,
+        Some(route),
+        port,
+        req,
+        grpc,
+        request_id,
+    )
+    .await
+}
+
+/// Sends a request down its route (or to `default` when there is none):
+/// redirect, faults, rewrites, the weighted destination, pool limits,
+/// deadline, mirror, retries.
+#[allow(clippy::too_many_arguments)]
+async fn routed(
+    shared: &Arc<Shared>,
+    state: &MeshState,
+    conn: &ConnInfo,
+    default: Option<usize>,
+    route: Option<&Route>,
+    port: u16,
+    mut req: Request<Incoming>,
+    grpc: bool,
+    request_id: HeaderValue,
+) -> Outcome {
+    let fail = |status, kind, msg: String| Outcome {
+        response: local_reply(status, kind, msg, grpc),
+        workload: "unknown".into(),
+        upstream: None,
+    };
     if let Some(route) = route {
         let spec = &route.spec;
         if let Some(r) = &spec.redirect {
@@ -333,13 +481,20 @@ async fn outbound(
     }
 
     let picked = route.and_then(|r| r.pick());
-    let (dest_svc, subset, dest_port) = match picked {
-        Some(d) => (
+    let (dest_svc, subset, dest_port) = match (picked, default) {
+        (Some(d), _) => (
             d.service,
             d.subset.as_str(),
             if d.port == 0 { port } else { d.port },
         ),
-        None => (svc_idx, "", port),
+        (None, Some(svc)) => (svc, "", port),
+        (None, None) => {
+            return fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-destination",
+                "mesh-proxy: the route has no destination".into(),
+            )
+        }
     };
     let dest_spec = route
         .zip(picked)

@@ -17,6 +17,7 @@ pub mod body;
 pub mod cli;
 pub mod detect;
 pub mod discovery;
+pub mod gateway;
 pub mod h1_guard;
 pub mod http_proxy;
 pub mod identity;
@@ -91,6 +92,8 @@ pub struct Shared {
     pub dns: std::sync::Mutex<model::DnsCache>,
     /// Wakes the resolver when a config names hosts it has not resolved.
     pub dns_wake: tokio::sync::Notify,
+    /// Wakes the gateway listeners when a config was applied.
+    pub config_applied: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -115,6 +118,7 @@ impl Shared {
                 self.pool.retain(|a| live.contains(a));
                 tracing::info!(version = %next.version, services = next.services().len(), "config applied");
                 self.state.store(next);
+                self.config_applied.notify_one();
                 self.ready.store(true, Ordering::Relaxed);
                 self.metrics
                     .config_reloads
@@ -204,6 +208,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         retry_budgets: Default::default(),
         dns: Default::default(),
         dns_wake: tokio::sync::Notify::new(),
+        config_applied: tokio::sync::Notify::new(),
     });
     if let Some(cfg) = initial {
         shared.apply(cfg).map_err(|e| {
@@ -292,6 +297,15 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         tokio::spawn(watch_file(path, shared.clone(), shutdown.clone()));
     }
     tokio::spawn(resolve_dns(shared.clone(), shutdown.clone()));
+    tokio::spawn(gateway::run(
+        shared.clone(),
+        gateway::GatewaySettings {
+            bind_ip: args.gateway_bind_ip,
+            credentials_dir: args.gateway_credentials_dir.clone(),
+        },
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     if let Some(e) = shared.tls.expiry_unix() {
         shared.metrics.identity_expiry.set(e);
     }

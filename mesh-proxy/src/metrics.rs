@@ -48,6 +48,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Faults injected, by kind (delay, abort).
     pub faults: IntCounterVec,
+    /// Gateway listeners that could not bind or load their certificate, by port.
+    pub gateway_errors: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_version: IntGauge,
     pub identity_expiry: Gauge,
@@ -116,6 +118,14 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let gateway_errors = IntCounterVec::new(
+            Opts::new(
+                "mesh_gateway_listener_errors_total",
+                "Gateway listeners that could not bind their port or load their certificate, by port.",
+            ),
+            &["port"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("mesh_config_updates_total", "Config updates, by result."),
             &["result"],
@@ -141,6 +151,7 @@ impl Metrics {
             Box::new(refused.clone()),
             Box::new(retries.clone()),
             Box::new(faults.clone()),
+            Box::new(gateway_errors.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_version.clone()),
             Box::new(identity_expiry.clone()),
@@ -158,6 +169,7 @@ impl Metrics {
             refused,
             retries,
             faults,
+            gateway_errors,
             config_reloads,
             config_version,
             identity_expiry,

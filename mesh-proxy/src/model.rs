@@ -16,6 +16,9 @@ use crate::balance::{Algorithm, Balancer, Endpoint, HashKey};
 use crate::resilience::{OutlierPolicy, PoolLimits};
 use crate::routing::RequestMatcher;
 
+mod gateway;
+pub use gateway::{normalize_host, GatewayListenerState, TlsSource, VirtualHostState};
+
 /// How long protocol detection waits for the client's first bytes. Long
 /// enough for a slow client on a loaded node; server-speaks-first protocols
 /// should be listed as opaque instead of relying on this timeout.
@@ -63,6 +66,8 @@ pub struct MeshState {
     by_name: HashMap<String, usize>,
     by_addr: HashMap<SocketAddr, usize>,
     endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+    /// Gateway listeners (a gateway proxy's config), by configured order.
+    pub gateways: Vec<GatewayListenerState>,
 }
 
 /// The protocol a service port declares.
@@ -234,6 +239,8 @@ impl MeshState {
             services[i].tcp_routes = tcp_routes;
         }
 
+        let gateways = gateway::compile_gateways(&config.gateway_listeners, &by_name, &services)?;
+
         let dns_names = config
             .services
             .iter()
@@ -253,7 +260,13 @@ impl MeshState {
             by_name,
             by_addr,
             endpoints,
+            gateways,
         })
+    }
+
+    /// The gateway listener on `port`.
+    pub fn gateway(&self, port: u16) -> Option<&GatewayListenerState> {
+        self.gateways.iter().find(|g| g.port == port)
     }
 
     /// The service behind a virtual IP and port, in O(1).
