@@ -260,6 +260,8 @@ pub struct Balancer {
     pub outlier: Option<crate::resilience::OutlierPolicy>,
     /// Connection-pool limits of this backend.
     pub limits: Option<Arc<crate::resilience::PoolLimits>>,
+    /// Connect timeout and requests per connection.
+    pub conn: crate::resilience::ConnPolicy,
     next: AtomicUsize,
     /// Sorted (hash, endpoint index) for consistent hashing.
     ring: Vec<(u64, usize)>,
@@ -277,6 +279,7 @@ impl Balancer {
             algorithm,
             outlier: None,
             limits: None,
+            conn: Default::default(),
             next: AtomicUsize::new(0),
             ring,
         }
@@ -290,6 +293,12 @@ impl Balancer {
     ) -> Self {
         self.outlier = outlier;
         self.limits = limits.map(Arc::new);
+        self
+    }
+
+    /// With a connection policy.
+    pub fn with_conn_policy(mut self, conn: crate::resilience::ConnPolicy) -> Self {
+        self.conn = conn;
         self
     }
 

@@ -681,6 +681,7 @@ async fn routed(
             attempt,
             upstream_proto,
             endpoint.security(),
+            balancer.conn,
             Some(inflight),
             limit,
         )
@@ -839,6 +840,7 @@ fn send_mirror(
             .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
     }
     let shared = shared.clone();
+    let conn_policy = balancer.conn;
     tokio::spawn(async move {
         let inflight = endpoint.start();
         let r = forward(
@@ -847,6 +849,7 @@ fn send_mirror(
             req,
             proto,
             endpoint.security(),
+            conn_policy,
             Some(inflight),
             Some(MIRROR_TIMEOUT),
         )
@@ -936,6 +939,7 @@ async fn inbound(
         req,
         proto,
         crate::pool::Security::Plaintext,
+        Default::default(),
         None,
         None,
     )
@@ -983,12 +987,14 @@ fn upstream_failure(addr: SocketAddr, e: &UpstreamError, grpc: bool) -> Response
 }
 
 /// Sends the request to `addr` and streams the response back.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     req: Request<ProxyBody>,
     proto: UpstreamProtocol,
     security: crate::pool::Security<'_>,
+    conn_policy: crate::resilience::ConnPolicy,
     inflight: Option<crate::balance::InFlight>,
     timeout: Option<std::time::Duration>,
 ) -> Result<Response<ProxyBody>, ForwardError> {
@@ -1044,7 +1050,9 @@ async fn forward(
         }
     }
     let upstream_req = Request::from_parts(parts, body);
-    let send = shared.pool.send(addr, proto, security, upstream_req);
+    let send = shared
+        .pool
+        .send(addr, proto, security, conn_policy, upstream_req);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await

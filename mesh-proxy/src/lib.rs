@@ -194,7 +194,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared {
         state: ArcSwap::from_pointee(MeshState::empty()),
         metrics: metrics::Metrics::new(),
-        pool: pool::Pool::new(pool::DEFAULT_CONNECT_TIMEOUT, mesh_tls.clone()),
+        pool: pool::Pool::new(mesh_tls.clone()),
         tls: mesh_tls,
         local: LocalWorkload {
             workload: args.workload.clone(),
@@ -549,7 +549,7 @@ async fn serve_connection(
                 unreachable!()
             };
             let picked = pick_tcp_endpoint(&shared.state.load_full(), name, *port, client);
-            let Some((upstream, workload, identity)) = picked else {
+            let Some((upstream, workload, identity, connect_timeout)) = picked else {
                 tracing::debug!(service = %name, port, "no endpoint for TCP connection");
                 return Ok(());
             };
@@ -560,7 +560,7 @@ async fn serve_connection(
                 prefix,
                 upstream,
                 identity.as_deref(),
-                pool::DEFAULT_CONNECT_TIMEOUT,
+                connect_timeout,
                 tcp::TcpLabels {
                     direction: Direction::Outbound.as_str(),
                     destination_service: name,
@@ -670,7 +670,7 @@ fn pick_tcp_endpoint(
     name: &str,
     port: u16,
     client: SocketAddr,
-) -> Option<(SocketAddr, String, Option<Arc<str>>)> {
+) -> Option<(SocketAddr, String, Option<Arc<str>>, Duration)> {
     let idx = state.service_by_name(name)?;
     let svc = state.service(idx);
     let (dest, subset, dport) = match svc
@@ -690,8 +690,14 @@ fn pick_tcp_endpoint(
         headers: None,
         source_ip: Some(client.ip()),
     };
-    let ep = state.backend(dest, subset, dport)?.pick(&ctx, |_| true)?;
-    Some((ep.addr, ep.workload.clone(), ep.identity.clone()))
+    let backend = state.backend(dest, subset, dport)?;
+    let ep = backend.pick(&ctx, |_| true)?;
+    Some((
+        ep.addr,
+        ep.workload.clone(),
+        ep.identity.clone(),
+        backend.conn.connect_timeout,
+    ))
 }
 
 /// How often host names of DNS-resolved services are resolved again.

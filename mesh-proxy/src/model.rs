@@ -13,7 +13,7 @@ use mesh_proto::config::v1 as pb;
 use rand::Rng;
 
 use crate::balance::{Algorithm, Balancer, Endpoint, HashKey};
-use crate::resilience::{OutlierPolicy, PoolLimits};
+use crate::resilience::{ConnPolicy, OutlierPolicy, PoolLimits};
 use crate::routing::RequestMatcher;
 
 mod gateway;
@@ -536,22 +536,29 @@ fn compile_backends(
                     .as_ref()
                     .or(policy.outlier_detection.as_ref()),
             );
-            let limits = PoolLimits::compile(
-                subset
-                    .connection_pool
-                    .as_ref()
-                    .or(policy.connection_pool.as_ref()),
-            );
+            let pool = subset
+                .connection_pool
+                .as_ref()
+                .or(policy.connection_pool.as_ref());
+            let limits = PoolLimits::compile(pool);
             backends.push((
                 (subset.name.clone(), *port),
-                Arc::new(Balancer::new(members, alg).with_resilience(outlier, limits)),
+                Arc::new(
+                    Balancer::new(members, alg)
+                        .with_resilience(outlier, limits)
+                        .with_conn_policy(ConnPolicy::compile(pool)),
+                ),
             ));
         }
         let outlier = OutlierPolicy::compile(policy.outlier_detection.as_ref());
         let limits = PoolLimits::compile(policy.connection_pool.as_ref());
         backends.push((
             (String::new(), *port),
-            Arc::new(Balancer::new(eps, service_alg.clone()).with_resilience(outlier, limits)),
+            Arc::new(
+                Balancer::new(eps, service_alg.clone())
+                    .with_resilience(outlier, limits)
+                    .with_conn_policy(ConnPolicy::compile(policy.connection_pool.as_ref())),
+            ),
         ));
     }
     Ok(backends)

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
+use crate::resilience::ConnPolicy;
 use crate::tls::{MeshTls, ALPN_H2};
 
 /// How long a TCP connect to an endpoint may take before the request fails.
@@ -63,10 +64,14 @@ impl UpstreamError {
     }
 }
 
+/// The shared HTTP/2 connection and how many requests it carried.
+type H2Slot = Option<(http2::SendRequest<ProxyBody>, u32)>;
+
 #[derive(Default)]
 struct EndpointConns {
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
-    h1_idle: Mutex<Vec<http1::SendRequest<ProxyBody>>>,
+    h2: tokio::sync::Mutex<H2Slot>,
+    /// Idle HTTP/1 connections and how many requests each carried.
+    h1_idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, u32)>>,
 }
 
 /// Connections are shared per endpoint address and security (the expected
@@ -151,15 +156,13 @@ impl Security<'_> {
 #[derive(Clone)]
 pub struct Pool {
     conns: Arc<Mutex<HashMap<PoolKey, Arc<EndpointConns>>>>,
-    connect_timeout: Duration,
     tls: Arc<MeshTls>,
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration, tls: Arc<MeshTls>) -> Self {
+    pub fn new(tls: Arc<MeshTls>) -> Self {
         Self {
             conns: Default::default(),
-            connect_timeout,
             tls,
         }
     }
@@ -179,10 +182,11 @@ impl Pool {
     async fn connect(
         &self,
         addr: SocketAddr,
+        connect_timeout: Duration,
         tls: Option<&Arc<rustls::ClientConfig>>,
         name: Option<&rustls::pki_types::ServerName<'static>>,
     ) -> Result<crate::io::BoxedIo, UpstreamError> {
-        let tcp = connect_tcp(addr, self.connect_timeout).await?;
+        let tcp = connect_tcp(addr, connect_timeout).await?;
         match (tls, name) {
             (Some(config), Some(name)) => {
                 let stream = tokio_rustls::TlsConnector::from(config.clone())
@@ -203,20 +207,22 @@ impl Pool {
     /// samples measure the endpoint, not our connection set-up.
     ///
     /// With `peer_identity`, the connection is mesh mTLS (always HTTP/2) and
-    /// the endpoint must prove that identity.
+    /// the endpoint must prove that identity. `policy` bounds the connect
+    /// time and the requests one connection carries.
     pub async fn send(
         &self,
         addr: SocketAddr,
         proto: UpstreamProtocol,
         security: Security<'_>,
+        policy: ConnPolicy,
         req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
         let conns = self.endpoint((addr, security.key()));
         match (security, proto) {
             (Security::Mesh(_), _) | (_, UpstreamProtocol::Http2) => {
-                self.send_h2(addr, security, &conns, req).await
+                self.send_h2(addr, security, policy, &conns, req).await
             }
-            (_, UpstreamProtocol::Http1) => self.send_h1(addr, security, conns, req).await,
+            (_, UpstreamProtocol::Http1) => self.send_h1(addr, security, policy, conns, req).await,
         }
     }
 
@@ -245,32 +251,39 @@ impl Pool {
         &self,
         addr: SocketAddr,
         security: Security<'_>,
+        policy: ConnPolicy,
         conns: &EndpointConns,
         req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
+        let timeout = policy.connect_timeout;
         let mut sender = {
             let mut slot = conns.h2.lock().await;
-            match slot.as_ref() {
-                Some(s) if !s.is_closed() => s.clone(),
+            match slot.as_mut() {
+                Some((s, used)) if !s.is_closed() && policy.reusable(*used) => {
+                    *used += 1;
+                    s.clone()
+                }
+                // A new connection; the one it replaces (if any) finishes
+                // its streams and closes when its last sender is gone.
                 _ => {
                     let sender = match security {
                         Security::Plaintext => {
-                            let io = self.connect(addr, None, None).await?;
+                            let io = self.connect(addr, timeout, None, None).await?;
                             Self::h2_handshake(addr, TokioIo::new(io)).await?
                         }
                         Security::Origination(t) => {
                             let io = self
-                                .connect(addr, Some(&t.h2), Some(&t.server_name))
+                                .connect(addr, timeout, Some(&t.h2), Some(&t.server_name))
                                 .await?;
                             Self::h2_handshake(addr, TokioIo::new(io)).await?
                         }
                         Security::Mesh(id) => {
-                            let tcp = connect_tcp(addr, self.connect_timeout).await?;
+                            let tcp = connect_tcp(addr, timeout).await?;
                             let tls = connect_mesh_tls(&self.tls, addr, id, ALPN_H2, tcp).await?;
                             Self::h2_handshake(addr, TokioIo::new(tls)).await?
                         }
                     };
-                    *slot = Some(sender.clone());
+                    *slot = Some((sender.clone(), 1));
                     sender
                 }
             }
@@ -291,6 +304,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         security: Security<'_>,
+        policy: ConnPolicy,
         conns: Arc<EndpointConns>,
         mut req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
@@ -303,14 +317,16 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pop();
-            let Some(mut sender) = idle else { break };
+            let Some((mut sender, used)) = idle else {
+                break;
+            };
             if !sender.is_ready() {
                 continue;
             }
             let dispatched = Instant::now();
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.return_h1(conns, sender);
+                    self.return_h1(conns, sender, used + 1, policy);
                     return Ok((resp, dispatched));
                 }
                 Err(mut e) => match e.take_message() {
@@ -324,12 +340,13 @@ impl Pool {
                 },
             }
         }
+        let timeout = policy.connect_timeout;
         let io = match security {
             Security::Origination(t) => {
-                self.connect(addr, Some(&t.h1), Some(&t.server_name))
+                self.connect(addr, timeout, Some(&t.h1), Some(&t.server_name))
                     .await?
             }
-            _ => self.connect(addr, None, None).await?,
+            _ => self.connect(addr, timeout, None, None).await?,
         };
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
@@ -345,17 +362,28 @@ impl Pool {
             .send_request(req)
             .await
             .map_err(|source| UpstreamError::Http { addr, source })?;
-        self.return_h1(conns, sender);
+        self.return_h1(conns, sender, 1, policy);
         Ok((resp, dispatched))
     }
 
-    /// Puts the connection back once the response body is done with it.
-    fn return_h1(&self, conns: Arc<EndpointConns>, mut sender: http1::SendRequest<ProxyBody>) {
+    /// Puts the connection back once the response body is done with it,
+    /// unless it carried as many requests as the policy allows (then it is
+    /// dropped, which closes it).
+    fn return_h1(
+        &self,
+        conns: Arc<EndpointConns>,
+        mut sender: http1::SendRequest<ProxyBody>,
+        used: u32,
+        policy: ConnPolicy,
+    ) {
+        if !policy.reusable(used) {
+            return;
+        }
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
                 let mut idle = conns.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
                 if idle.len() < MAX_IDLE_H1_PER_ENDPOINT {
-                    idle.push(sender);
+                    idle.push((sender, used));
                 }
             }
         });

@@ -162,6 +162,45 @@ pub fn record(
     true
 }
 
+/// How connections to a backend's endpoints are opened and reused
+/// (DestinationRule `connectionPool.connectTimeout` and
+/// `maxRequestsPerConnection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnPolicy {
+    pub connect_timeout: std::time::Duration,
+    /// Requests one upstream connection carries before a new one is opened
+    /// (0: no limit). Spreads long-lived clients over endpoints that come
+    /// and go, and retires connections through old load balancers.
+    pub max_requests_per_connection: u32,
+}
+
+impl Default for ConnPolicy {
+    fn default() -> Self {
+        Self {
+            connect_timeout: crate::pool::DEFAULT_CONNECT_TIMEOUT,
+            max_requests_per_connection: 0,
+        }
+    }
+}
+
+impl ConnPolicy {
+    pub fn compile(p: Option<&pb::ConnectionPool>) -> Self {
+        let mut c = Self::default();
+        if let Some(p) = p {
+            if p.connect_timeout_ms > 0 {
+                c.connect_timeout = std::time::Duration::from_millis(p.connect_timeout_ms);
+            }
+            c.max_requests_per_connection = p.max_requests_per_connection;
+        }
+        c
+    }
+
+    /// Whether a connection that carried `used` requests may carry another.
+    pub fn reusable(&self, used: u32) -> bool {
+        self.max_requests_per_connection == 0 || used < self.max_requests_per_connection
+    }
+}
+
 /// Connection-pool limits of one backend, as a cap on concurrent requests.
 #[derive(Debug)]
 pub struct PoolLimits {

@@ -609,3 +609,87 @@ async fn tcp_routes_split_connections_by_weight() {
     );
     proxy.running.shutdown().await;
 }
+
+/// An HTTP/1.1 backend that counts the connections it accepted.
+async fn counting_backend(conns: Arc<AtomicU64>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            conns.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_opens_new_connections() {
+    let conns = Arc::new(AtomicU64::new(0));
+    let web = counting_backend(conns.clone()).await;
+    let yaml = format!(
+        "version: \"1\"\nservices:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}    policy:\n      connectionPool: {{maxRequestsPerConnection: 3}}\n",
+        endpoints_yaml(&[web], 80)
+    );
+    let proxy = start_proxy(&yaml, &["web:80"], &[]).await;
+    let c = client();
+    for _ in 0..12 {
+        assert_eq!(
+            send(&c, proxy.listener(0), "GET", "/", &[]).await.status,
+            200
+        );
+    }
+    // 12 sequential requests, 3 per connection: 4 connections (without the
+    // limit, one connection carries them all).
+    assert_eq!(conns.load(Ordering::SeqCst), 4);
+    proxy.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_comes_from_the_destination_rule() {
+    // A listener whose accept queue is full: Linux drops further SYNs, so
+    // a connect hangs (the client retransmits after 1 s) instead of failing.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = sock.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let yaml = format!(
+        "version: \"1\"\nservices:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}    policy:\n      connectionPool: {{connectTimeoutMs: 300}}\n",
+        endpoints_yaml(&[addr], 80)
+    );
+    let proxy = start_proxy(&yaml, &["web:80"], &[]).await;
+    let started = Instant::now();
+    let a = send(&client(), proxy.listener(0), "GET", "/", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(
+        a.body.contains("connect timeout") && a.body.contains("300ms"),
+        "{}",
+        a.body
+    );
+    // The default (1 s) would take longer than this.
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    drop(fillers);
+    drop(full);
+    proxy.running.shutdown().await;
+}
