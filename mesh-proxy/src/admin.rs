@@ -1,5 +1,6 @@
 //! Admin endpoint (localhost: `/ready`, `/live`, `/config_dump`) and the
-//! metrics endpoint (`/metrics`).
+//! metrics endpoint (`/metrics`, and `/ready` and `/live` again for the
+//! kubelet, which probes the pod IP).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub fn admin_router(shared: Arc<Shared>) -> Router {
 pub fn metrics_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/ready", get(ready))
+        .route("/live", get(|| async { "live\n" }))
         .with_state(shared)
 }
 
@@ -35,6 +38,11 @@ async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no config yet\n",
+        )
+    } else if s.needs_identity && !s.tls.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no workload certificate yet\n",
         )
     } else {
         (StatusCode::OK, "ready\n")

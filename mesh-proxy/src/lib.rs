@@ -94,6 +94,8 @@ pub struct Shared {
     pub dns_wake: tokio::sync::Notify,
     /// Wakes the gateway listeners when a config was applied.
     pub config_applied: tokio::sync::Notify,
+    /// Ready only with a workload certificate (the CA is configured).
+    pub needs_identity: bool,
 }
 
 impl Shared {
@@ -209,6 +211,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         dns: Default::default(),
         dns_wake: tokio::sync::Notify::new(),
         config_applied: tokio::sync::Notify::new(),
+        needs_identity: args.ca_addr.is_some(),
     });
     if let Some(cfg) = initial {
         shared.apply(cfg).map_err(|e| {

@@ -258,3 +258,41 @@ async fn deny_on_admin_is_not_bypassed_by_path_tricks() {
     assert_eq!(status, 200);
     assert!(body.starts_with("/a/b/d "), "{body}");
 }
+
+/// `GET path` on `addr`: the status code.
+async fn status_of(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out)
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_ca_the_proxy_is_ready_only_with_a_certificate() {
+    // The CA is unreachable: the proxy has its config but no certificate.
+    let p = start_proxy(
+        "services: []\n",
+        &[],
+        &["--ca-addr", "127.0.0.1:1", "--ca-root", "/nonexistent"],
+    )
+    .await;
+    // The kubelet probes the pod IP: /ready and /live are on the metrics port.
+    let metrics = p.running.metrics_addr;
+    assert_eq!(status_of(metrics, "/live").await, 200);
+    assert_eq!(status_of(metrics, "/ready").await, 503);
+    assert_eq!(status_of(p.running.admin_addr, "/ready").await, 503);
+    let ca = TestCa::new("a");
+    let (chain, key) = ca.issue(CLIENT_ID);
+    p.running
+        .shared
+        .tls
+        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
+        .unwrap();
+    assert_eq!(status_of(metrics, "/ready").await, 200);
+}
