@@ -631,6 +631,28 @@ fn check_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
                 "sni, caCertificates and subjectAltNames are only for modes SIMPLE and MUTUAL",
             );
         }
+        let mutual = tls.mode == ClientTlsMode::Mutual;
+        match (&tls.client_certificate, &tls.private_key, mutual) {
+            (Some(c), Some(k), true) => {
+                for (f, v) in [("clientCertificate", c), ("privateKey", k)] {
+                    if !v.starts_with('/') {
+                        r.error(
+                            format!("{tp}.{f}"),
+                            format!("{v:?} must be an absolute path in the proxy container"),
+                        );
+                    }
+                }
+            }
+            (None, None, false) => {}
+            (_, _, true) => r.error(
+                &tp,
+                "mode MUTUAL needs clientCertificate and privateKey (paths in the proxy container)",
+            ),
+            (_, _, false) => r.error(
+                &tp,
+                "clientCertificate and privateKey are only for mode MUTUAL",
+            ),
+        }
         if let Some(sni) = &tls.sni {
             r.check(format!("{tp}.sni"), check_host(sni, false));
         }

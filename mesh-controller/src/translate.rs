@@ -728,6 +728,8 @@ fn destination_policy(dr: &DestinationRule) -> pb::DestinationPolicy {
             sni: t.sni.clone().unwrap_or_default(),
             ca_certificates_pem: t.ca_certificates.clone().unwrap_or_default(),
             subject_alt_names: t.subject_alt_names.clone(),
+            client_certificate_path: t.client_certificate.clone().unwrap_or_default(),
+            private_key_path: t.private_key.clone().unwrap_or_default(),
         }),
         subsets: dr
             .spec

@@ -620,11 +620,25 @@ fn origination(
     let Some(tls) = tls else { return Ok(None) };
     match Mode::try_from(tls.mode).unwrap_or(Mode::Auto) {
         Mode::Auto | Mode::Disable => Ok(None),
-        Mode::Mutual => Err(invalid(
-            format!("{field}.mode"),
-            "MUTUAL (client certificates to servers outside the mesh) is not supported yet; use SIMPLE",
-        )),
-        Mode::Simple => {
+        Mode::Simple | Mode::Mutual => {
+            let client = if tls.mode == Mode::Mutual as i32 {
+                let read = |path: &str, f: &str| {
+                    if path.is_empty() {
+                        return Err(invalid(
+                            format!("{field}.{f}"),
+                            "MUTUAL needs a client certificate and key",
+                        ));
+                    }
+                    std::fs::read_to_string(path)
+                        .map_err(|e| invalid(format!("{field}.{f}"), format!("{path}: {e}")))
+                };
+                Some((
+                    read(&tls.client_certificate_path, "clientCertificatePath")?,
+                    read(&tls.private_key_path, "privateKeyPath")?,
+                ))
+            } else {
+                None
+            };
             // The name checked against the server's certificate: the first
             // subjectAltName asked for, else the SNI, else the service name.
             let name = tls
@@ -633,7 +647,7 @@ fn origination(
                 .filter(|n| !n.is_empty())
                 .or(Some(&tls.sni).filter(|n| !n.is_empty()))
                 .unwrap_or(&s.name);
-            crate::pool::OriginationTls::new(name, &tls.ca_certificates_pem)
+            crate::pool::OriginationTls::new(name, &tls.ca_certificates_pem, client)
                 .map(|t| Some(Arc::new(t)))
                 .map_err(|e| invalid(field.to_string(), e))
         }

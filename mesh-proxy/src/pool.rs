@@ -79,7 +79,8 @@ struct EndpointConns {
 /// nothing for plaintext).
 type PoolKey = (SocketAddr, String);
 
-/// TLS to a server outside the mesh (DestinationRule `tls.mode: SIMPLE`).
+/// TLS to a server outside the mesh (DestinationRule `tls.mode: SIMPLE`, or
+/// `MUTUAL` with a client certificate).
 #[derive(Debug)]
 pub struct OriginationTls {
     /// Name sent as SNI and checked against the server's certificate.
@@ -87,11 +88,27 @@ pub struct OriginationTls {
     /// ALPN `http/1.1` (for HTTP/1 upstreams) and `h2`.
     pub h1: Arc<rustls::ClientConfig>,
     pub h2: Arc<rustls::ClientConfig>,
+    /// Pool key: server name and client certificate (connections with
+    /// different client certificates are not shared).
+    key: String,
+}
+
+fn hash_bytes(b: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
 }
 
 impl OriginationTls {
-    /// Client configs trusting `ca_pem` (or, empty, the system's roots).
-    pub fn new(server_name: &str, ca_pem: &str) -> Result<Self, String> {
+    /// Client configs trusting `ca_pem` (or, empty, the system's roots),
+    /// presenting `client` (certificate chain and key, PEM) when given.
+    pub fn new(
+        server_name: &str,
+        ca_pem: &str,
+        client: Option<(String, String)>,
+    ) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
         let server_name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| format!("{server_name:?} is not a valid TLS server name: {e}"))?;
         let mut roots = rustls::RootCertStore::empty();
@@ -104,7 +121,6 @@ impl OriginationTls {
                 return Err("no system CA certificates found; set caCertificates".into());
             }
         } else {
-            use rustls::pki_types::pem::PemObject;
             for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
                 let c = c.map_err(|e| format!("CA certificates: {e}"))?;
                 roots.add(c).map_err(|e| format!("CA certificates: {e}"))?;
@@ -114,13 +130,40 @@ impl OriginationTls {
             }
         }
         let roots = Arc::new(roots);
+        let client = match client {
+            None => None,
+            Some((chain, key)) => {
+                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                if chain.is_empty() {
+                    return Err("client certificate: no CERTIFICATE block".into());
+                }
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .map_err(|e| format!("client private key: {e}"))?;
+                Some((chain, key))
+            }
+        };
+        let key = format!(
+            "tls:{}:{}",
+            server_name.to_str(),
+            client
+                .as_ref()
+                .map(|(c, _)| format!("{:x}", hash_bytes(c[0].as_ref())))
+                .unwrap_or_default()
+        );
         let config = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, String> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| e.to_string())?
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
+                .with_root_certificates(roots.clone());
+            let mut c = match &client {
+                None => builder.with_no_client_auth(),
+                Some((chain, key)) => builder
+                    .with_client_auth_cert(chain.clone(), key.clone_key())
+                    .map_err(|e| format!("client certificate and key: {e}"))?,
+            };
             c.alpn_protocols = vec![alpn.to_vec()];
             Ok(Arc::new(c))
         };
@@ -128,6 +171,7 @@ impl OriginationTls {
             server_name,
             h1: config(b"http/1.1")?,
             h2: config(b"h2")?,
+            key,
         })
     }
 }
@@ -147,7 +191,7 @@ impl Security<'_> {
         match self {
             Security::Plaintext => String::new(),
             Security::Mesh(id) => id.to_string(),
-            Security::Origination(t) => format!("tls:{}", t.server_name.to_str()),
+            Security::Origination(t) => t.key.clone(),
         }
     }
 }

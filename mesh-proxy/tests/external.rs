@@ -18,6 +18,12 @@ use support::*;
 /// A TLS (HTTP/1.1) server on 127.0.0.1 for `name`, with a fresh CA;
 /// returns its port and the CA's PEM.
 async fn tls_server(name: &str) -> (u16, String) {
+    tls_server_with(name, None).await
+}
+
+/// As [`tls_server`]; with `client_ca`, clients must present a certificate
+/// from that CA (PEM).
+async fn tls_server_with(name: &str, client_ca: Option<&str>) -> (u16, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -30,17 +36,33 @@ async fn tls_server(name: &str) -> (u16, String) {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -144,4 +166,89 @@ async fn a_server_without_the_expected_name_is_refused() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     proxy.running.shutdown().await;
+}
+
+/// A CA and a client certificate from it: (CA PEM, chain PEM, key PEM).
+fn client_identity() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["client.example".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), leaf.pem(), key.serialize_pem())
+}
+
+fn static_config(port: u16, tls: &str) -> String {
+    format!(
+        r#"version: "1"
+services:
+  - name: api.external.example
+    external: true
+    ports: [{{port: 80, protocol: HTTP1}}]
+    endpoints:
+      - {{address: "127.0.0.1", ports: {{"80": {port}}}}}
+    policy:
+      tls: {tls}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_origination_presents_the_client_certificate() {
+    let (client_ca, chain, key) = client_identity();
+    let (port, server_ca) = tls_server_with("api.external.example", Some(&client_ca)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, chain).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let ca = server_ca.replace('\n', "\\n");
+    let mutual = format!(
+        "{{mode: MUTUAL, sni: api.external.example, caCertificatesPem: \"{ca}\", clientCertificatePath: {}, privateKeyPath: {}}}",
+        cert_path.display(),
+        key_path.display()
+    );
+    let proxy = start_proxy(
+        &static_config(port, &mutual),
+        &["api.external.example:80"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        get(proxy.listener(0)).await,
+        (200, "external over TLS: /charge".to_string())
+    );
+    proxy.running.shutdown().await;
+
+    // The same server refuses a proxy that presents no certificate (SIMPLE).
+    let simple =
+        format!("{{mode: SIMPLE, sni: api.external.example, caCertificatesPem: \"{ca}\"}}");
+    let proxy = start_proxy(
+        &static_config(port, &simple),
+        &["api.external.example:80"],
+        &[],
+    )
+    .await;
+    let (status, body) = get(proxy.listener(0)).await;
+    // TLS 1.3: the handshake completes on the client before the server
+    // refuses the missing certificate, so the refusal shows as a failed
+    // request (502) rather than a TLS error (503).
+    assert!(matches!(status, 502 | 503), "{status} {body}");
+    proxy.running.shutdown().await;
+
+    // A missing key file is a config error naming the field.
+    let missing = mutual.replace(&key_path.display().to_string(), "/nonexistent/tls.key");
+    let err = mesh_proxy::model::MeshState::compile(
+        mesh_proxy::model::MeshState::parse(&static_config(port, &missing)).unwrap(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("privateKeyPath") && err.contains("/nonexistent/tls.key"),
+        "{err}"
+    );
 }

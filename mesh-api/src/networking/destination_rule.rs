@@ -203,6 +203,14 @@ pub struct ClientTlsSettings {
     /// Names the server certificate must have (any one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+    /// MUTUAL only: path, in the proxy container, of the client certificate
+    /// chain (PEM) to present, as Istio. Mount it with a Secret volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// MUTUAL only: path, in the proxy container, of the client certificate's
+    /// private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
 }
 
 /// TLS modes towards an upstream.
@@ -214,9 +222,9 @@ pub enum ClientTlsMode {
     Disable,
     /// TLS origination, verifying the server.
     Simple,
-    /// TLS with a client certificate. Where the certificate comes from is not
-    /// configurable yet (Istio's `clientCertificate`, `privateKey` and
-    /// `credentialName` are not supported).
+    /// TLS with a client certificate (`clientCertificate` and `privateKey`,
+    /// files in the proxy container; Istio's `credentialName` is not
+    /// supported).
     Mutual,
     /// The mesh's own mTLS (the default between meshed workloads).
     IstioMutual,

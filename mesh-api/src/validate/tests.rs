@@ -57,3 +57,34 @@ fn small_values() {
     assert!(check_wildcard_value("prefix*").is_ok());
     assert!(check_wildcard_value("mid*dle").is_err());
 }
+
+#[test]
+fn mutual_origination_needs_both_files_and_only_mutual_takes_them() {
+    let dr = |tls: &str| -> crate::DestinationRule {
+        serde_yaml::from_str(&format!(
+            "apiVersion: networking.mesh.dev/v1\nkind: DestinationRule\nmetadata: {{name: x, namespace: n}}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    tls: {tls}\n"
+        ))
+        .unwrap()
+    };
+    let errors = |tls: &str| {
+        super::validate_destination_rule(&dr(tls))
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    assert_eq!(
+        errors("{mode: MUTUAL, clientCertificate: /etc/c/tls.crt, privateKey: /etc/c/tls.key}"),
+        ""
+    );
+    assert!(errors("{mode: MUTUAL}").contains("needs clientCertificate and privateKey"));
+    assert!(errors("{mode: MUTUAL, clientCertificate: /a}").contains("needs clientCertificate"));
+    assert!(
+        errors("{mode: SIMPLE, clientCertificate: /a, privateKey: /b}")
+            .contains("only for mode MUTUAL")
+    );
+    assert!(
+        errors("{mode: MUTUAL, clientCertificate: tls.crt, privateKey: /b}")
+            .contains("clientCertificate: \"tls.crt\" must be an absolute path")
+    );
+}
