@@ -1,5 +1,11 @@
 //! The mesh's command line. Each subcommand lives in its own module; the
 //! binary (`src/main.rs`) only parses arguments and dispatches.
+//!
+//! - [`demo`]: a whole mesh on this machine, no cluster needed.
+//! - [`install`]: `install`, `upgrade` and `uninstall` of the control plane
+//!   in a cluster reached through [`cluster`].
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod demo;
+pub mod install;

@@ -1,14 +1,27 @@
 //! `meshctl`: the mesh's command line.
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use meshctl::install::{self, InstallArgs, UninstallArgs};
 
-/// The mesh's command line. For now it has one command, `demo`, which runs a
-/// whole mesh on this machine; the cluster commands are not implemented yet.
+/// The long help's tail: conventions shared by the cluster commands.
+const AFTER_LONG_HELP: &str = "\
+Cluster commands (install, upgrade, uninstall) take --kubeconfig FILE and --context NAME \
+(default: $KUBECONFIG, ~/.kube/config, or the in-cluster ServiceAccount) and -o table|yaml|json.
+
+Exit codes:
+  0  success
+  1  the command failed, or refused (e.g. uninstall while pods still run the proxy)
+  2  bad flags or arguments
+  3  no cluster configured or reachable (the message names the kubeconfig and server)";
+
+/// The mesh's command line: install the control plane into a cluster, or
+/// run a whole mesh on this machine.
 #[derive(Debug, Parser)]
-#[command(name = "meshctl", version, about)]
+#[command(name = "meshctl", version, about, after_long_help = AFTER_LONG_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,6 +31,12 @@ struct Cli {
 enum Command {
     #[command(about = meshctl::demo::ABOUT, long_about = meshctl::demo::LONG_ABOUT)]
     Demo(meshctl::demo::DemoArgs),
+    #[command(about = install::INSTALL_ABOUT, long_about = install::INSTALL_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    Install(InstallArgs),
+    #[command(about = install::UPGRADE_ABOUT, long_about = install::UPGRADE_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    Upgrade(InstallArgs),
+    #[command(about = install::UNINSTALL_ABOUT, long_about = install::UNINSTALL_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    Uninstall(UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,7 +49,6 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            use std::io::Write as _;
             let _ = writeln!(
                 std::io::stderr(),
                 "meshctl: cannot start the async runtime: {e}"
@@ -38,7 +56,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Demo(args) => rt.block_on(meshctl::demo::run(args)),
+    let result = match cli.command {
+        Command::Demo(args) => return rt.block_on(meshctl::demo::run(args)),
+        Command::Install(args) => rt.block_on(install::run_install(args, false)),
+        Command::Upgrade(args) => rt.block_on(install::run_install(args, true)),
+        Command::Uninstall(args) => rt.block_on(install::uninstall::run_uninstall(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "meshctl: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }

@@ -19,8 +19,10 @@ fn meshctl(args: &[&str]) -> (i32, String, String) {
 fn help_lists_only_what_exists() {
     let (code, out, _) = meshctl(&["--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("demo"), "{out}");
-    for unimplemented in ["install", "inject", "proxy-status", "canary", "stat"] {
+    for implemented in ["demo", "install", "upgrade", "uninstall"] {
+        assert!(out.contains(&format!("  {implemented} ")), "{out}");
+    }
+    for unimplemented in ["inject", "proxy-status", "canary", "stat"] {
         assert!(
             !out.contains(&format!("  {unimplemented} ")),
             "--help lists {unimplemented}: {out}"
