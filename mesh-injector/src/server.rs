@@ -20,10 +20,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::DynamicObject;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -48,6 +49,69 @@ pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 #[error("{0}")]
 pub struct BadReview(pub String);
 
+/// The parts of an incoming `AdmissionReview` the injector reads. Our own
+/// types rather than kube's: the object stays a JSON value until we know it
+/// is a Pod, and the response's patch must be base64 (kube-core writes an
+/// array of numbers).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    request: Option<RequestIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: String,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    object: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    kind: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusOut {
+    status: &'static str,
+    message: String,
+    reason: &'static str,
+    code: u16,
+}
+
 /// Answers AdmissionReviews: the injection rules plus what the webhook
 /// learned at start (config, native sidecar support).
 #[derive(Debug)]
@@ -58,10 +122,15 @@ pub struct AdmissionHandler {
     pub metrics: Metrics,
 }
 
-/// Parses JSON, naming the path of the first problem (`request.uid: invalid
-/// type: integer, expected a string at line 1 column 80`).
-fn from_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, BadReview> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
+/// Deserialises, naming the path of the first problem (`malformed
+/// AdmissionReview at request.uid: invalid type: integer `5`, expected a
+/// string at line 1 column 80`).
+fn with_path<'de, T, D>(de: D, what: &str) -> Result<T, BadReview>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -92,43 +161,50 @@ impl AdmissionHandler {
     /// Turns an AdmissionReview body into the response review (JSON), and
     /// what happened. Pure apart from logging.
     pub fn review(&self, body: &[u8]) -> Result<(Outcome, Vec<u8>), BadReview> {
-        let review: AdmissionReview<DynamicObject> = from_json(body, "AdmissionReview")?;
-        if review.types.api_version != ADMISSION_API_VERSION
-            || review.types.kind != "AdmissionReview"
-        {
+        let review: ReviewIn = with_path(
+            &mut serde_json::Deserializer::from_slice(body),
+            "AdmissionReview",
+        )?;
+        if review.api_version != ADMISSION_API_VERSION || review.kind != "AdmissionReview" {
             return Err(BadReview(format!(
                 "expected kind AdmissionReview of apiVersion {ADMISSION_API_VERSION}, got kind {:?} of apiVersion {:?}",
-                review.types.kind, review.types.api_version
+                review.kind, review.api_version
             )));
         }
-        let req: AdmissionRequest<DynamicObject> = review
-            .try_into()
-            .map_err(|_| BadReview("AdmissionReview has no request".into()))?;
-        let (outcome, resp) = self.respond(&req)?;
-        let out = serde_json::to_vec(&resp.into_review())
+        let req = review
+            .request
+            .ok_or_else(|| BadReview("AdmissionReview has no request".into()))?;
+        let (outcome, response) = self.respond(&req)?;
+        let out = ReviewOut {
+            api_version: ADMISSION_API_VERSION,
+            kind: "AdmissionReview",
+            response,
+        };
+        let json = serde_json::to_vec(&out)
             .map_err(|e| BadReview(format!("encoding the response: {e}")))?;
-        Ok((outcome, out))
+        Ok((outcome, json))
     }
 
-    fn respond(
-        &self,
-        req: &AdmissionRequest<DynamicObject>,
-    ) -> Result<(Outcome, AdmissionResponse), BadReview> {
-        let allow = AdmissionResponse::from(req);
+    fn respond<'r>(&self, req: &'r RequestIn) -> Result<(Outcome, ResponseOut<'r>), BadReview> {
+        let allow = ResponseOut {
+            uid: &req.uid,
+            allowed: true,
+            status: None,
+            patch: None,
+            patch_type: None,
+        };
         let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
         // Only pod creation is ours; anything else the webhook configuration
         // should not have sent passes unchanged.
-        if !is_pod || req.operation != Operation::Create || req.sub_resource.is_some() {
-            tracing::debug!(uid = %req.uid, kind = %req.kind.kind, "not a pod creation; allowed unchanged");
+        if !is_pod || req.operation != "CREATE" || req.sub_resource.is_some() {
+            tracing::debug!(uid = %req.uid, kind = %req.kind.kind, operation = %req.operation, "not a pod creation; allowed unchanged");
             return Ok((Outcome::Skipped, allow));
         }
         let object = req
             .object
             .as_ref()
             .ok_or_else(|| BadReview("request.object is missing for a pod CREATE".into()))?;
-        let value =
-            serde_json::to_vec(object).map_err(|e| BadReview(format!("request.object: {e}")))?;
-        let pod: Pod = from_json(&value, "request.object (a Pod)")?;
+        let pod: Pod = with_path(object, "Pod in request.object")?;
         let namespace = req
             .namespace
             .clone()
@@ -141,16 +217,22 @@ impl AdmissionHandler {
         let pod_name = pod
             .metadata
             .name
-            .clone()
-            .or_else(|| pod.metadata.generate_name.clone())
+            .as_deref()
+            .or(pod.metadata.generate_name.as_deref())
             .unwrap_or_default();
         match inject(&pod, &ns, &self.config, self.native_sidecars) {
             Ok(Decision::Inject(patch)) => {
                 tracing::debug!(uid = %req.uid, namespace = %namespace, pod = %pod_name, ops = patch.0.len(), "injected");
-                let resp = allow
-                    .with_patch(patch)
+                let json = serde_json::to_vec(&patch)
                     .map_err(|e| BadReview(format!("encoding the patch: {e}")))?;
-                Ok((Outcome::Injected, resp))
+                Ok((
+                    Outcome::Injected,
+                    ResponseOut {
+                        patch: Some(BASE64.encode(json)),
+                        patch_type: Some("JSONPatch"),
+                        ..allow
+                    },
+                ))
             }
             Ok(Decision::Skip(reason)) => {
                 tracing::debug!(uid = %req.uid, namespace = %namespace, pod = %pod_name, %reason, "not injected");
@@ -160,10 +242,19 @@ impl AdmissionHandler {
                 // Failing closed, as the Fail policy does: a pod we cannot
                 // mesh correctly is refused with the reason.
                 tracing::info!(uid = %req.uid, namespace = %namespace, pod = %pod_name, "denied: {e}");
-                let mut resp = allow.deny(format!("mesh-injector: {e}"));
-                resp.result.code = 400;
-                resp.result.reason = "BadRequest".into();
-                Ok((Outcome::Denied, resp))
+                Ok((
+                    Outcome::Denied,
+                    ResponseOut {
+                        allowed: false,
+                        status: Some(StatusOut {
+                            status: "Failure",
+                            message: format!("mesh-injector: {e}"),
+                            reason: "BadRequest",
+                            code: 400,
+                        }),
+                        ..allow
+                    },
+                ))
             }
         }
     }

@@ -96,6 +96,12 @@ impl ReloadingCert {
         Ok(true)
     }
 
+    /// The leaf certificate in use.
+    pub fn leaf(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        let cur = self.current.read().ok()?;
+        cur.key.cert.first().cloned()
+    }
+
     /// Reloads every [`RELOAD_INTERVAL`] until the task is dropped.
     pub fn spawn_reloader(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
