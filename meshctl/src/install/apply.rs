@@ -225,6 +225,30 @@ pub async fn remove(client: &Client, m: &Manifest) -> Result<Outcome, ApiError> 
     })
 }
 
+async fn version_of<K>(api: Api<K>, name: &str) -> Result<Option<String>, kube::Error>
+where
+    K: kube::Resource + Clone + Debug + DeserializeOwned,
+{
+    Ok(api
+        .get_opt(name)
+        .await?
+        .and_then(|o| o.meta().resource_version.clone()))
+}
+
+/// The `resourceVersion` of `m` in the cluster; `None` when it is absent.
+pub async fn resource_version(client: &Client, m: &Manifest) -> Result<Option<String>, ApiError> {
+    with_api!(client.clone(), m, |api, obj| version_of(
+        api,
+        obj.metadata.name.as_deref().unwrap_or_default()
+    )
+    .await)
+    .map_err(|source| ApiError {
+        action: "reading",
+        reference: m.reference(),
+        source,
+    })
+}
+
 /// Whether `m` still exists.
 pub async fn present(client: &Client, m: &Manifest) -> Result<bool, ApiError> {
     with_api!(client.clone(), m, |api, obj| exists(
@@ -472,7 +496,11 @@ pub async fn wait_gone(
             || async { Ok(!present(client, m).await?) },
         )
         .await?;
-        progress.line("gone", &m.reference());
+    }
+    match manifests {
+        [] => {}
+        [one] => progress.line("gone", &one.reference()),
+        many => progress.line("gone", &format!("{} objects", many.len())),
     }
     Ok(())
 }

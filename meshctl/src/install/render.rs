@@ -9,7 +9,8 @@
 //! - `mesh-ca` (`mesh-ca/src/auth.rs`, `store.rs`, `publish.rs`): create
 //!   TokenReviews; create Secrets and get/patch its Secret `mesh-ca` in
 //!   `mesh-system`; list Namespaces and apply ConfigMaps named `mesh-root-ca`
-//!   (server-side apply is a `patch`, also when it creates).
+//!   (server-side apply is a `patch`, and also needs `create` when the
+//!   ConfigMap does not exist yet; a create cannot be limited by name).
 //! - `mesh-injector`: nothing.
 
 use std::collections::BTreeMap;
@@ -237,6 +238,9 @@ fn rbac(opts: &InstallOptions) -> Vec<Manifest> {
         ),
         // The trust bundle goes to every namespace labelled for injection.
         rule(&[""], &["namespaces"], &["list"], &[]),
+        // Server-side apply of an absent object is authorized as `create`
+        // too, and a create cannot be limited to a name.
+        rule(&[""], &["configmaps"], &["create"], &[]),
         rule(
             &[""],
             &["configmaps"],

@@ -111,6 +111,7 @@ fn least_privilege() {
     assert_eq!(
         ca,
         [
+            "/configmaps create",
             "/configmaps patch mesh-root-ca",
             "/namespaces list",
             "authentication.k8s.io/tokenreviews create",
