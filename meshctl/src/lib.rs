@@ -4,8 +4,11 @@
 //! - [`demo`]: a whole mesh on this machine, no cluster needed.
 //! - [`install`]: `install`, `upgrade` and `uninstall` of the control plane
 //!   in a cluster reached through [`cluster`].
+//! - [`views`]: `proxy-status`, `proxy-config`, `version`; [`check`].
 #![deny(unsafe_code)]
 
+pub mod check;
 pub mod cluster;
 pub mod demo;
 pub mod install;
+pub mod views;

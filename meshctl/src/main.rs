@@ -37,6 +37,14 @@ enum Command {
     Upgrade(InstallArgs),
     #[command(about = install::UNINSTALL_ABOUT, long_about = install::UNINSTALL_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
     Uninstall(UninstallArgs),
+    #[command(about = meshctl::check::CHECK_ABOUT, long_about = meshctl::check::CHECK_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    Check(meshctl::check::CheckArgs),
+    #[command(about = meshctl::views::PROXY_STATUS_ABOUT, long_about = meshctl::views::PROXY_STATUS_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    ProxyStatus(meshctl::views::ProxyStatusArgs),
+    #[command(about = meshctl::views::PROXY_CONFIG_ABOUT, long_about = meshctl::views::PROXY_CONFIG_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    ProxyConfig(meshctl::views::ProxyConfigArgs),
+    #[command(about = meshctl::views::VERSION_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    Version(meshctl::views::VersionArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +69,10 @@ fn main() -> ExitCode {
         Command::Install(args) => rt.block_on(install::run_install(args, false)),
         Command::Upgrade(args) => rt.block_on(install::run_install(args, true)),
         Command::Uninstall(args) => rt.block_on(install::uninstall::run_uninstall(args)),
+        Command::Check(args) => rt.block_on(meshctl::check::run_check(args)),
+        Command::ProxyStatus(args) => rt.block_on(meshctl::views::run_proxy_status(args)),
+        Command::ProxyConfig(args) => rt.block_on(meshctl::views::run_proxy_config(args)),
+        Command::Version(args) => rt.block_on(meshctl::views::run_version(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
