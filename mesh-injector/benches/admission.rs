@@ -74,6 +74,25 @@ fn machine() -> Value {
     json!({ "cpu": cpu, "cores": cores, "kernel": kernel })
 }
 
+/// CPU seconds (user + system) this process used so far.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5); index 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The 1-minute load average: the machine is shared, so say how busy it was.
+fn load_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(-1.0)
+}
+
 fn now_utc() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -100,16 +119,22 @@ fn main() {
         let _ = handler.review(&body);
     }
     let mut samples = Vec::with_capacity(n_handler);
+    let cpu_before = process_cpu_seconds();
     for _ in 0..n_handler {
         let t = Instant::now();
         let r = handler.review(&body);
         samples.push(t.elapsed());
         assert!(r.is_ok());
     }
+    let cpu_us = (process_cpu_seconds() - cpu_before) / n_handler as f64 * 1e6;
     let handler_row = summary(
         "admission-handler",
         samples,
-        json!({ "request_bytes": body.len(), "response_bytes": response.len() }),
+        json!({
+            "request_bytes": body.len(),
+            "response_bytes": response.len(),
+            "cpu_us_per_admission": cpu_us.round(),
+        }),
     );
 
     // Through the HTTPS server, one keep-alive connection.
@@ -141,12 +166,14 @@ fn main() {
     });
 
     let date = now_utc();
+    let load = load_1m();
     let rows: Vec<Value> = [handler_row, https_row]
         .into_iter()
         .map(|mut r| {
             if let Some(o) = r.as_object_mut() {
                 o.insert("machine".into(), machine());
                 o.insert("quick".into(), json!(quick));
+                o.insert("load_1m".into(), json!(load));
                 o.insert("date".into(), json!(date));
             }
             r
