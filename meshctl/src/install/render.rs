@@ -32,11 +32,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
-use serde::Serialize;
 
 use super::manifest::Manifest;
 use super::options::{Component, InstallOptions, NAMESPACE};
-use super::webhook::{webhook_configuration_fallback, WebhookTls};
+use super::webhook::{webhook_configuration, WebhookTls};
 
 /// Label every object carries; `meshctl uninstall` and the CA's published
 /// ConfigMaps use it too.
@@ -50,11 +49,11 @@ pub const VERSION_LABEL: &str = "app.kubernetes.io/version";
 
 /// Secret holding the injector's serving certificate (`tls.crt`, `tls.key`,
 /// `ca.crt`).
-pub const INJECTOR_TLS_SECRET: &str = "mesh-injector-tls";
+pub const INJECTOR_TLS_SECRET: &str = mesh_injector::TLS_SECRET_NAME;
 /// Where the injector finds that Secret.
 pub const INJECTOR_TLS_DIR: &str = "/var/run/mesh/injector-tls";
 /// ConfigMap (key `config.yaml`) with the injector's configuration.
-pub const INJECTOR_CONFIGMAP: &str = "mesh-injector";
+pub const INJECTOR_CONFIGMAP: &str = mesh_injector::CONFIGMAP_NAME;
 /// Where the injector finds its configuration.
 pub const INJECTOR_CONFIG_DIR: &str = "/etc/mesh/injector";
 /// The injector's HTTPS port (container side).
@@ -102,7 +101,7 @@ pub fn render(opts: &InstallOptions, tls: &WebhookTls) -> Vec<Manifest> {
         out.push(Manifest::Service(service(c, opts)));
         out.push(Manifest::Deployment(deployment(c, opts, tls)));
     }
-    out.push(Manifest::Webhook(webhook_configuration_fallback(
+    out.push(Manifest::Webhook(webhook_configuration(
         opts.failure_policy,
         &tls.ca_pem,
     )));
@@ -302,57 +301,18 @@ fn rbac(opts: &InstallOptions) -> Vec<Manifest> {
     out
 }
 
-/// The injector's configuration file: what it injects and where the proxy
-/// finds the control plane.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct InjectorConfigFile {
-    listen: String,
-    tls: InjectorTlsFiles,
-    proxy: ProxyConfig,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct InjectorTlsFiles {
-    cert_file: String,
-    key_file: String,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ProxyConfig {
-    image: String,
-    image_pull_policy: String,
-    trust_domain: String,
-    ca_address: String,
-    controller_address: String,
-    trust_bundle_config_map: String,
-    uid: u32,
-}
-
-/// The injector's `config.yaml`.
+/// The injector's `config.yaml`: `mesh_injector::InjectorConfig` with the
+/// proxy image, pull policy and trust domain of this installation, the
+/// injector's defaults for the rest.
 pub fn injector_config_yaml(opts: &InstallOptions) -> String {
-    let file = InjectorConfigFile {
-        listen: format!("0.0.0.0:{INJECTOR_PORT}"),
-        tls: InjectorTlsFiles {
-            cert_file: format!("{INJECTOR_TLS_DIR}/tls.crt"),
-            key_file: format!("{INJECTOR_TLS_DIR}/tls.key"),
-        },
-        proxy: ProxyConfig {
-            image: opts.image("mesh-proxy"),
-            image_pull_policy: opts.pull_policy.as_str().to_string(),
-            trust_domain: opts.trust_domain.clone(),
-            ca_address: mesh_api::svid::CA_ADDRESS.to_string(),
-            controller_address: format!(
-                "https://mesh-controller.{NAMESPACE}.svc:{CONTROLLER_PORT}"
-            ),
-            trust_bundle_config_map: mesh_api::svid::TRUST_BUNDLE_CONFIGMAP.to_string(),
-            uid: mesh_api::PROXY_UID,
-        },
+    let config = mesh_injector::InjectorConfig {
+        proxy_image: opts.image("mesh-proxy"),
+        image_pull_policy: opts.pull_policy.as_str().to_string(),
+        trust_domain: opts.trust_domain.clone(),
+        ..Default::default()
     };
-    // Plain strings and numbers: serialising cannot fail.
-    serde_yaml::to_string(&file).unwrap_or_default()
+    // Strings, numbers and enums: serialising cannot fail.
+    serde_yaml::to_string(&config).unwrap_or_default()
 }
 
 fn injector_config(opts: &InstallOptions) -> ConfigMap {
@@ -363,7 +323,7 @@ fn injector_config(opts: &InstallOptions) -> ConfigMap {
             labels(Some(Component::Injector), opts),
         ),
         data: Some(BTreeMap::from([(
-            "config.yaml".to_string(),
+            mesh_injector::CONFIG_KEY.to_string(),
             injector_config_yaml(opts),
         )])),
         ..Default::default()
@@ -622,11 +582,11 @@ pub fn deployment(c: Component, opts: &InstallOptions, tls: &WebhookTls) -> Depl
             (
                 vec![
                     "--config".into(),
-                    format!("{INJECTOR_CONFIG_DIR}/config.yaml"),
+                    format!("{INJECTOR_CONFIG_DIR}/{}", mesh_injector::CONFIG_KEY),
                 ],
                 vec![container_port("https-webhook", INJECTOR_PORT)],
                 http_probe("/ready", INJECTOR_PORT, true),
-                tcp_probe(INJECTOR_PORT),
+                http_probe("/live", INJECTOR_PORT, true),
             )
         }
     };

@@ -14,7 +14,7 @@ use super::{print_report, CommandError, OutputFormat, UninstallArgs};
 
 /// Name of the proxy container the injector adds (sidecar or native
 /// sidecar init container), and of its image.
-const PROXY: &str = "mesh-proxy";
+const PROXY: &str = mesh_injector::PROXY_CONTAINER;
 
 /// Whether a pod runs the mesh proxy: a container (or init container, for
 /// native sidecars) named `mesh-proxy` or running the `mesh-proxy` image.

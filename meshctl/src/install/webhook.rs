@@ -8,14 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, LabelSelectorRequirement, ObjectMeta,
-};
 use k8s_openapi::ByteString;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -25,14 +19,8 @@ use rcgen::{
 use super::options::{FailurePolicy, NAMESPACE};
 use super::render::{MANAGED_BY, PART_OF};
 
-/// Name of the MutatingWebhookConfiguration.
-pub const WEBHOOK_CONFIGURATION: &str = "mesh-injector";
-/// Name of its one webhook.
-pub const WEBHOOK_NAME: &str = "inject.mesh.dev";
-/// The injector's Service, and the path it serves reviews on.
-pub const INJECTOR_SERVICE: &str = "mesh-injector";
-/// Path of the admission endpoint.
-pub const INJECT_PATH: &str = "/inject";
+/// The injector's Service (the webhook's certificate names it).
+pub const INJECTOR_SERVICE: &str = mesh_injector::SERVICE_NAME;
 
 /// The webhook certificate lives ten years: it only ever authenticates the
 /// injector to the API server, and is replaced by deleting the Secret and
@@ -139,67 +127,26 @@ impl WebhookTls {
     }
 }
 
-/// The MutatingWebhookConfiguration, rendered here because the injector
-/// library does not export `mesh_injector::webhook_configuration` yet; when
-/// it does, call that instead and delete this function.
-///
-/// Pods are sent to the injector on CREATE, in namespaces labelled
-/// `mesh-injection=enabled`, never in kube-system, kube-public or
-/// mesh-system (the control plane must not wait for itself).
-pub fn webhook_configuration_fallback(
+/// The MutatingWebhookConfiguration: the injector's own
+/// (`mesh_injector::webhook_configuration`, so its selectors and its
+/// injection rules cannot drift apart) with `ca_pem` as the bundle, the
+/// chosen failure policy, and meshctl's labels.
+pub fn webhook_configuration(
     failure_policy: FailurePolicy,
     ca_pem: &str,
 ) -> MutatingWebhookConfiguration {
-    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let namespace_selector = LabelSelector {
-        match_labels: Some(BTreeMap::from([(
-            mesh_api::INJECTION_LABEL.to_string(),
-            "enabled".to_string(),
-        )])),
-        match_expressions: Some(vec![LabelSelectorRequirement {
-            key: "kubernetes.io/metadata.name".to_string(),
-            operator: "NotIn".to_string(),
-            values: Some(strings(&["kube-system", "kube-public", NAMESPACE])),
-        }]),
-    };
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(WEBHOOK_CONFIGURATION.to_string()),
-            labels: Some(BTreeMap::from([
-                (PART_OF.0.to_string(), PART_OF.1.to_string()),
-                (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-            ])),
-            ..Default::default()
+    let settings = mesh_injector::WebhookSettings {
+        failure_policy: match failure_policy {
+            FailurePolicy::Fail => mesh_injector::FailurePolicy::Fail,
+            FailurePolicy::Ignore => mesh_injector::FailurePolicy::Ignore,
         },
-        webhooks: Some(vec![MutatingWebhook {
-            name: WEBHOOK_NAME.to_string(),
-            admission_review_versions: strings(&["v1"]),
-            client_config: WebhookClientConfig {
-                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                service: Some(ServiceReference {
-                    namespace: NAMESPACE.to_string(),
-                    name: INJECTOR_SERVICE.to_string(),
-                    path: Some(INJECT_PATH.to_string()),
-                    port: Some(443),
-                }),
-                url: None,
-            },
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(strings(&[""])),
-                api_versions: Some(strings(&["v1"])),
-                operations: Some(strings(&["CREATE"])),
-                resources: Some(strings(&["pods"])),
-                scope: None,
-            }]),
-            namespace_selector: Some(namespace_selector),
-            side_effects: "None".to_string(),
-            timeout_seconds: Some(5),
-            reinvocation_policy: Some("IfNeeded".to_string()),
-            match_policy: Some("Equivalent".to_string()),
-            failure_policy: Some(failure_policy.as_str().to_string()),
-            ..Default::default()
-        }]),
-    }
+        ..Default::default()
+    };
+    let mut w = mesh_injector::webhook_configuration(ca_pem.as_bytes(), &settings);
+    let labels = w.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert(PART_OF.0.to_string(), PART_OF.1.to_string());
+    labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+    w
 }
 
 #[cfg(test)]
@@ -246,35 +193,41 @@ mod tests {
 
     #[test]
     fn webhook_follows_the_injector_contract() {
-        let w = webhook_configuration_fallback(FailurePolicy::Ignore, "CA");
-        let hook = &w.webhooks.as_ref().unwrap()[0];
-        assert_eq!(hook.name, "inject.mesh.dev");
-        assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
-        let svc = hook.client_config.service.as_ref().unwrap();
-        assert_eq!(
-            (
-                svc.namespace.as_str(),
-                svc.name.as_str(),
-                svc.path.as_deref(),
-                svc.port
-            ),
-            ("mesh-system", "mesh-injector", Some("/inject"), Some(443))
-        );
-        assert_eq!(
-            hook.client_config.ca_bundle,
-            Some(ByteString(b"CA".to_vec()))
-        );
-        let sel = hook.namespace_selector.as_ref().unwrap();
-        assert_eq!(
-            sel.match_labels.as_ref().unwrap()["mesh-injection"],
-            "enabled"
-        );
-        let not_in = &sel.match_expressions.as_ref().unwrap()[0];
-        assert_eq!(not_in.operator, "NotIn");
-        assert!(not_in
-            .values
-            .as_ref()
-            .unwrap()
-            .contains(&"mesh-system".to_string()));
+        let w = webhook_configuration(FailurePolicy::Ignore, "CA");
+        assert_eq!(w.metadata.name.as_deref(), Some("mesh-injector"));
+        let labels = w.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "meshctl");
+        let hooks = w.webhooks.as_ref().unwrap();
+        assert!(!hooks.is_empty());
+        for hook in hooks {
+            assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+            let svc = hook.client_config.service.as_ref().unwrap();
+            assert_eq!(
+                (
+                    svc.namespace.as_str(),
+                    svc.name.as_str(),
+                    svc.path.as_deref(),
+                    svc.port
+                ),
+                ("mesh-system", "mesh-injector", Some("/inject"), Some(443))
+            );
+            assert_eq!(
+                hook.client_config.ca_bundle,
+                Some(ByteString(b"CA".to_vec()))
+            );
+            let sel = hook.namespace_selector.as_ref().unwrap();
+            let never = sel
+                .match_expressions
+                .iter()
+                .flatten()
+                .find(|r| r.key == "kubernetes.io/metadata.name")
+                .unwrap();
+            assert_eq!(never.operator, "NotIn");
+            assert!(never
+                .values
+                .as_ref()
+                .unwrap()
+                .contains(&"mesh-system".to_string()));
+        }
     }
 }

@@ -256,7 +256,7 @@ fn options_reach_the_objects() {
     let yaml = super::super::manifest::to_yaml(&all).unwrap();
     assert!(yaml.contains("image: ghcr.io/acme/mesh-controller:9.9.9"));
     assert!(
-        yaml.contains("image: ghcr.io/acme/mesh-proxy:9.9.9"),
+        yaml.contains("proxyImage: ghcr.io/acme/mesh-proxy:9.9.9"),
         "the injected proxy"
     );
     assert!(yaml.contains("prod.acme.com"));
