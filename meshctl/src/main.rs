@@ -45,6 +45,12 @@ enum Command {
     ProxyConfig(meshctl::views::ProxyConfigArgs),
     #[command(about = meshctl::views::VERSION_ABOUT, after_long_help = AFTER_LONG_HELP)]
     Version(meshctl::views::VersionArgs),
+    #[command(about = meshctl::route::ABOUT, long_about = meshctl::route::LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    Route(meshctl::route::RouteArgs),
+    #[command(about = meshctl::canary::ABOUT, long_about = meshctl::canary::LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    Canary(meshctl::canary::CanaryArgs),
+    #[command(about = meshctl::stat::ABOUT, long_about = meshctl::stat::LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+    Stat(meshctl::stat::StatArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,13 @@ fn main() -> ExitCode {
         Command::ProxyStatus(args) => rt.block_on(meshctl::views::run_proxy_status(args)),
         Command::ProxyConfig(args) => rt.block_on(meshctl::views::run_proxy_config(args)),
         Command::Version(args) => rt.block_on(meshctl::views::run_version(args)),
+        Command::Route(args) => {
+            return meshctl::route::exit(rt.block_on(meshctl::route::run(args)))
+        }
+        Command::Canary(args) => {
+            return meshctl::route::exit(rt.block_on(meshctl::canary::run(args)))
+        }
+        Command::Stat(args) => return meshctl::route::exit(rt.block_on(meshctl::stat::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
