@@ -406,7 +406,7 @@ fn canary_commands_need_a_canary() {
 // ---------------------------------------------------------------------------
 // A fake API server: answers from a function of (method, path).
 
-type Handler = dyn Fn(&str, &str) -> (u16, String) + Send + Sync;
+type Handler = dyn Fn(&str, &str, &str) -> (u16, String) + Send + Sync;
 
 fn fake_api(handler: Arc<Handler>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -436,7 +436,7 @@ fn fake_api(handler: Arc<Handler>) -> SocketAddr {
                 }
                 let mut body = vec![0; length];
                 let _ = reader.read_exact(&mut body);
-                let (status, body) = handler(&method, &path);
+                let (status, body) = handler(&method, &path, &String::from_utf8_lossy(&body));
                 let _ = write!(
                     conn,
                     "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -477,7 +477,7 @@ fn kubeconfig(dir: &tempfile::TempDir, addr: SocketAddr) -> PathBuf {
 async fn scrape_reads_pods_through_the_api_server_pod_proxy() {
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let addr = fake_api(Arc::new(move |_, path: &str| match path {
+    let addr = fake_api(Arc::new(move |_, path: &str, _: &str| match path {
         "/api/v1/namespaces/shop/pods/reviews-v2-1:15020/proxy/metrics" => {
             // Each scrape, 100 more requests of which 5 failed, 95 of them
             // under 10ms.
@@ -753,7 +753,7 @@ fn no_cluster_is_exit_3_naming_the_kubeconfig() {
 
 #[test]
 fn unknown_service_is_exit_1_naming_it() {
-    let addr = fake_api(Arc::new(|_, path: &str| match path {
+    let addr = fake_api(Arc::new(|_, path: &str, _: &str| match path {
         "/version" => (200, VERSION.to_string()),
         p => not_found(p),
     }));
@@ -785,4 +785,88 @@ fn unknown_service_is_exit_1_naming_it() {
         1,
         &["no Deployment \"nosuch\" in namespace \"other\""],
     );
+}
+
+#[test]
+fn canary_start_applies_validated_resources_with_server_side_apply() {
+    let patches = Arc::new(std::sync::Mutex::new(
+        Vec::<(String, serde_json::Value)>::new(),
+    ));
+    let p = patches.clone();
+    let addr = fake_api(Arc::new(move |method: &str, path: &str, body: &str| {
+        let list = |kind: &str| {
+            (
+                200,
+                format!(
+                    r#"{{"apiVersion":"networking.mesh.dev/v1","kind":"{kind}List","metadata":{{}},"items":[]}}"#
+                ),
+            )
+        };
+        match (method, path.split('?').next().unwrap_or_default()) {
+            ("GET", "/version") => (200, VERSION.to_string()),
+            ("GET", "/api/v1/namespaces/shop/services/reviews") => (
+                200,
+                r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"reviews","namespace":"shop"},"spec":{"selector":{"app":"reviews"}}}"#.to_string(),
+            ),
+            ("GET", "/apis/networking.mesh.dev/v1/namespaces/shop/virtualservices") => list("VirtualService"),
+            ("GET", "/apis/networking.mesh.dev/v1/namespaces/shop/destinationrules") => list("DestinationRule"),
+            ("PATCH", _) => {
+                let mut v: serde_json::Value = serde_json::from_str(body).unwrap();
+                p.lock().unwrap().push((path.to_string(), v.clone()));
+                v["metadata"]["resourceVersion"] = "7".into();
+                (200, v.to_string())
+            }
+            (_, p) => not_found(p),
+        }
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(&dir, addr);
+    let out = meshctl(&[
+        "canary",
+        "start",
+        "reviews",
+        "--stable",
+        "v1",
+        "--canary",
+        "v2",
+        "--weight",
+        "10",
+        "-o",
+        "json",
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["phase"], "running");
+    assert_eq!(status["stable"]["weight"], 90);
+    assert_eq!(status["canary"]["weight"], 10);
+    assert_eq!(status["canary"]["labels"]["version"], "v2");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("destinationrule/reviews created")
+            && err.contains("virtualservice/reviews created"),
+        "{err}"
+    );
+    let patches = patches.lock().unwrap();
+    // The DestinationRule first (its subsets exist before a route uses them).
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(patches[0]
+        .0
+        .starts_with("/apis/networking.mesh.dev/v1/namespaces/shop/destinationrules/reviews?"));
+    assert!(patches[1]
+        .0
+        .starts_with("/apis/networking.mesh.dev/v1/namespaces/shop/virtualservices/reviews?"));
+    for (path, body) in patches.iter() {
+        assert!(
+            path.contains("fieldManager=meshctl") && path.contains("force=true"),
+            "{path}"
+        );
+        assert_eq!(
+            body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "meshctl"
+        );
+        assert!(body["metadata"].get("managedFields").is_none());
+    }
+    assert_eq!(patches[1].1["spec"]["http"][0]["route"][1]["weight"], 10);
 }
