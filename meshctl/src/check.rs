@@ -520,7 +520,7 @@ async fn proxy_findings(client: &Client, now: i64) -> anyhow::Result<Vec<Finding
         .await?
         .items
         .into_iter()
-        .filter(|p| views::runs_proxy(p))
+        .filter(views::runs_proxy)
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .collect();
     if proxied.is_empty() {

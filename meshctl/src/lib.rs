@@ -13,6 +13,7 @@ pub mod canary;
 pub mod check;
 pub mod cluster;
 pub mod demo;
+pub mod inject;
 pub mod install;
 pub mod route;
 pub mod scrape;

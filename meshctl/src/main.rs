@@ -37,6 +37,8 @@ enum Command {
     Upgrade(InstallArgs),
     #[command(about = install::UNINSTALL_ABOUT, long_about = install::UNINSTALL_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
     Uninstall(UninstallArgs),
+    #[command(about = meshctl::inject::INJECT_ABOUT, long_about = meshctl::inject::INJECT_LONG_ABOUT)]
+    Inject(meshctl::inject::InjectArgs),
     #[command(about = meshctl::check::CHECK_ABOUT, long_about = meshctl::check::CHECK_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
     Check(meshctl::check::CheckArgs),
     #[command(about = meshctl::views::PROXY_STATUS_ABOUT, long_about = meshctl::views::PROXY_STATUS_LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Install(args) => rt.block_on(install::run_install(args, false)),
         Command::Upgrade(args) => rt.block_on(install::run_install(args, true)),
         Command::Uninstall(args) => rt.block_on(install::uninstall::run_uninstall(args)),
+        Command::Inject(args) => rt.block_on(meshctl::inject::run_inject(args)),
         Command::Check(args) => rt.block_on(meshctl::check::run_check(args)),
         Command::ProxyStatus(args) => rt.block_on(meshctl::views::run_proxy_status(args)),
         Command::ProxyConfig(args) => rt.block_on(meshctl::views::run_proxy_config(args)),
