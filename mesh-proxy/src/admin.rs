@@ -28,7 +28,15 @@ pub fn metrics_router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
         .route("/live", get(|| async { "live\n" }))
+        .route("/app-health/{*probe}", get(app_health))
         .with_state(shared)
+}
+
+async fn app_health(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(probe): axum::extract::Path<String>,
+) -> impl IntoResponse {
+    s.app_probes.check(&format!("/app-health/{probe}")).await
 }
 
 async fn ready(State(s): State<Arc<Shared>>) -> impl IntoResponse {

@@ -178,6 +178,17 @@ pub struct RunArgs {
     )]
     pub gateway_credentials_dir: PathBuf,
 
+    /// The app's kubelet probes that the injector rewrote to
+    /// `:15020/app-health/...`, as JSON (path → original check); set by
+    /// the injector.
+    #[arg(
+        long,
+        env = "MESH_APP_PROBES",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub app_probes: String,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     pub log: String,

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app_health;
 pub mod authz;
 pub mod balance;
 pub mod body;
@@ -96,6 +97,8 @@ pub struct Shared {
     pub config_applied: tokio::sync::Notify,
     /// Ready only with a workload certificate (the CA is configured).
     pub needs_identity: bool,
+    /// The app's kubelet probes, run on the kubelet's behalf.
+    pub app_probes: app_health::AppProbes,
 }
 
 impl Shared {
@@ -193,6 +196,8 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
             .map_err(|e| anyhow::anyhow!("workload certificate {}: {e}", cert.display()))?;
         mesh_tls.set(material)?;
     }
+    let app_probes = app_health::AppProbes::parse(&args.app_probes, &args.pod_ip)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shared = Arc::new(Shared {
         state: ArcSwap::from_pointee(MeshState::empty()),
         metrics: metrics::Metrics::new(),
@@ -212,6 +217,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         dns_wake: tokio::sync::Notify::new(),
         config_applied: tokio::sync::Notify::new(),
         needs_identity: args.ca_addr.is_some(),
+        app_probes,
     });
     if let Some(cfg) = initial {
         shared.apply(cfg).map_err(|e| {
