@@ -136,7 +136,7 @@ async fn ca_authenticates_service_account_tokens_with_token_review() -> Result<(
 
 /// Kube mode storage and publication: the CA is created once in a Secret and
 /// loaded back unchanged; the trust bundle lands as ConfigMap `mesh-root-ca`
-/// in namespaces labelled `mesh-injection=enabled`, not in others.
+/// in every namespace (a pod may opt in anywhere), but not in kube-system.
 #[tokio::test]
 async fn ca_keeps_its_root_in_a_secret_and_publishes_the_bundle() -> Result<()> {
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -190,8 +190,26 @@ async fn ca_keeps_its_root_in_a_secret_and_publishes_the_bundle() -> Result<()> 
             .api::<ConfigMap>()
             .get_opt("mesh-root-ca")
             .await?
-            .is_none(),
-        "bundle published in an unlabelled namespace"
+            .is_some(),
+        "bundle not published in an unlabelled namespace (pods may opt in there)"
     );
+    ensure!(
+        kube::Api::<ConfigMap>::namespaced(c.clone(), "kube-system")
+            .get_opt("mesh-root-ca")
+            .await?
+            .is_none(),
+        "bundle published in kube-system"
+    );
+    // Leave the cluster's other namespaces as they were.
+    let all = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(c.clone())
+        .list(&Default::default())
+        .await?;
+    for ns in all.items.iter().filter_map(|n| n.metadata.name.as_deref()) {
+        if ns != meshed.name && ns != plain.name {
+            let _ = kube::Api::<ConfigMap>::namespaced(c.clone(), ns)
+                .delete("mesh-root-ca", &Default::default())
+                .await;
+        }
+    }
     Ok(())
 }

@@ -34,7 +34,7 @@ pub const DEFAULT_RATE_PER_SEC: f64 = 10.0;
 pub const DEFAULT_BURST: u32 = 20;
 /// How often the CA re-reads its store and checks the intermediate's expiry.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
-/// How often the trust bundle is (re)published to labelled namespaces.
+/// How often the trust bundle is (re)published to the namespaces.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(30);
 /// Deadline of one TokenReview call.
 pub const TOKEN_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);

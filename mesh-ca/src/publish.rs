@@ -1,6 +1,8 @@
 //! Publishing the trust bundle: a ConfigMap `mesh-root-ca` (key
-//! `root-cert.pem`) in every namespace labelled `mesh-injection=enabled`
-//! (kube mode), or a file (local mode).
+//! `root-cert.pem`) in every namespace but the cluster's own (`kube-system`,
+//! `kube-public`, `kube-node-lease`), since a pod may opt in to the mesh in
+//! any namespace (kube mode); or a file (local mode). The certificate is
+//! public; publishing it everywhere is what Istio does too.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,12 +17,15 @@ use tokio::task::JoinHandle;
 use crate::authority::Authority;
 use crate::store::FIELD_MANAGER;
 
+/// Namespaces that never run meshed pods.
+const SKIPPED: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
 /// Where the trust bundle goes.
 #[derive(Clone)]
 pub enum BundlePublisher {
     /// A file, rewritten when the bundle changes.
     File(PathBuf),
-    /// ConfigMaps in labelled namespaces.
+    /// ConfigMaps in every namespace but the cluster's own.
     Kube(kube::Client),
 }
 
@@ -42,16 +47,15 @@ impl BundlePublisher {
                 Ok(1)
             }
             Self::Kube(client) => {
-                let selector = format!("{}=enabled", mesh_api::INJECTION_LABEL);
                 let namespaces = Api::<Namespace>::all(client.clone())
-                    .list(&ListParams::default().labels(&selector))
+                    .list(&ListParams::default())
                     .await?;
                 let mut n = 0;
                 for ns in namespaces.items {
                     let Some(name) = ns.metadata.name else {
                         continue;
                     };
-                    if ns.metadata.deletion_timestamp.is_some() {
+                    if ns.metadata.deletion_timestamp.is_some() || SKIPPED.contains(&name.as_str()) {
                         continue;
                     }
                     let cm = ConfigMap {
