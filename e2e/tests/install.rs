@@ -6,9 +6,12 @@
 //! pod runs the proxy, and with `--yes` leaves no mesh CRD, webhook
 //! configuration, cluster RBAC, published bundle or mesh-system namespace.
 //!
-//! The injector's wait is strict only with `MESH_E2E_REQUIRE_INJECTOR=1`:
-//! until `mesh-injector` is a working image the test reports its state and
-//! goes on (install is told `--wait-for ca,controller`).
+//! With the injector Ready, a pod created in the meshed namespace comes back
+//! with the `mesh-proxy` container (API server → webhook configuration →
+//! Service → certificate from the Secret → injector config), and it is the
+//! pod uninstall refuses for. `MESH_E2E_SKIP_INJECTOR=1` leaves the injector
+//! out (install is told `--wait-for ca,controller`; a pod that merely has a
+//! container named `mesh-proxy` stands in for an injected one).
 //!
 //! The other tests install the CRDs they need themselves; this one puts
 //! them back at the end if they were there before. Compiled only with
@@ -45,7 +48,7 @@ struct UninstallCli {
 }
 
 fn require_injector() -> bool {
-    std::env::var("MESH_E2E_REQUIRE_INJECTOR").is_ok_and(|v| v == "1")
+    !std::env::var("MESH_E2E_SKIP_INJECTOR").is_ok_and(|v| v == "1")
 }
 
 /// `meshctl install` flags for this cluster (images imported, not pulled).
@@ -163,7 +166,7 @@ async fn install_upgrade_uninstall() -> Result<()> {
     }
     if !require_injector() {
         eprintln!(
-            "note: mesh-injector not waited for (MESH_E2E_REQUIRE_INJECTOR unset): {}",
+            "note: mesh-injector not waited for (MESH_E2E_SKIP_INJECTOR=1): {}",
             injector_state(&c).await
         );
     }
@@ -208,24 +211,49 @@ async fn install_upgrade_uninstall() -> Result<()> {
         "re-install changed objects:\n{before:?}\n{after:?}"
     );
 
-    // A pod that runs the proxy (outside the meshed namespace, so that no
-    // webhook is involved): uninstall refuses without --yes.
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "has-proxy"},
-        "spec": {"containers": [{
-            "name": "mesh-proxy",
-            "image": e2e::image("mesh-ca"),
-            "imagePullPolicy": e2e::pull_policy(),
-            "args": ["--help"],
-        }]},
-    }))?;
-    plain
-        .api::<Pod>()
-        .create(&PostParams::default(), &pod)
-        .await?;
+    // A pod that runs the proxy: injected by the webhook in the meshed
+    // namespace, or (injector skipped) one with a container of that name in
+    // a namespace no webhook looks at.
+    let (pod_ns, pod_name) = if require_injector() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "injected"},
+            "spec": {"containers": [{
+                "name": "app",
+                "image": e2e::image("mesh-ca"),
+                "imagePullPolicy": e2e::pull_policy(),
+                "args": ["--help"],
+            }]},
+        }))?;
+        let created = meshed
+            .api::<Pod>()
+            .create(&PostParams::default(), &pod)
+            .await
+            .context("creating a pod in the meshed namespace (through the webhook)")?;
+        ensure!(
+            install::uninstall::runs_proxy(&created),
+            "the pod was not injected: {:?}",
+            created.spec
+        );
+        (meshed.name.clone(), "injected")
+    } else {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "has-proxy"},
+            "spec": {"containers": [{
+                "name": "mesh-proxy",
+                "image": e2e::image("mesh-ca"),
+                "imagePullPolicy": e2e::pull_policy(),
+                "args": ["--help"],
+            }]},
+        }))?;
+        plain
+            .api::<Pod>()
+            .create(&PostParams::default(), &pod)
+            .await?;
+        (plain.name.clone(), "has-proxy")
+    };
     match install::uninstall::run_uninstall(uninstall_args(&[])?).await {
         Err(CommandError::Refused(msg)) => ensure!(
-            msg.contains(&format!("{}/has-proxy", plain.name)),
+            msg.contains(&format!("{pod_ns}/{pod_name}")),
             "refusal does not name the pod: {msg}"
         ),
         other => bail!("uninstall did not refuse: {other:?}"),
