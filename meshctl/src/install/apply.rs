@@ -366,21 +366,40 @@ pub async fn wait_established(
     Ok(())
 }
 
-/// `(ready, wanted)` replicas when the Deployment has rolled out its
-/// current spec completely; `None` while it has not.
-fn rollout(d: &Deployment) -> (i32, i32, bool) {
+/// How far a Deployment's rollout is.
+struct Rollout {
+    ready: i32,
+    updated: i32,
+    wanted: i32,
+    done: bool,
+}
+
+/// Done when the current spec is rolled out completely: every replica
+/// updated, ready and available, and no old pod left.
+fn rollout(d: &Deployment) -> Rollout {
     let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let Some(st) = d.status.as_ref() else {
-        return (0, wanted, false);
+        return Rollout {
+            ready: 0,
+            updated: 0,
+            wanted,
+            done: false,
+        };
     };
     let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
     let done = st.observed_generation >= d.metadata.generation
-        && st.updated_replicas.unwrap_or(0) == wanted
+        && updated == wanted
         && ready == wanted
         && st.available_replicas.unwrap_or(0) == wanted
         // Old pods still terminating count in `replicas`.
         && st.replicas.unwrap_or(0) == wanted;
-    (ready, wanted, done)
+    Rollout {
+        ready,
+        updated,
+        wanted,
+        done,
+    }
 }
 
 /// Why a component's pods are not ready, from their status (image pull
@@ -440,7 +459,7 @@ pub async fn wait_ready(
         let mut still = Vec::new();
         let mut states = Vec::new();
         for c in pending {
-            let (ready, wanted, done) = match api.get_opt(c.name()).await {
+            let r = match api.get_opt(c.name()).await {
                 Ok(Some(d)) => rollout(&d),
                 Ok(None) => anyhow::bail!("Deployment {NAMESPACE}/{c} does not exist"),
                 Err(e) => {
@@ -449,10 +468,13 @@ pub async fn wait_ready(
                     continue;
                 }
             };
-            if done {
-                progress.line("ready", &format!("{c} ({ready}/{wanted})"));
+            if r.done {
+                progress.line("ready", &format!("{c} ({}/{})", r.ready, r.wanted));
             } else {
-                states.push(format!("{c} {ready}/{wanted}"));
+                states.push(format!(
+                    "{c} {}/{} ready, {}/{} updated",
+                    r.ready, r.wanted, r.updated, r.wanted
+                ));
                 still.push(c);
             }
         }
