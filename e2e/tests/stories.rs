@@ -95,7 +95,7 @@ async fn deploy_version(
                         "imagePullPolicy": pull_policy(),
                         "env": envs,
                         "ports": [{"containerPort": 8080, "name": "http"}],
-                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}
+                        "readinessProbe": {"httpGet": {"path": "/ready?fail=0", "port": 8080}, "periodSeconds": 1}
                     }]
                 }
             }
