@@ -202,7 +202,7 @@ pub async fn deploy_echo(
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {
-                    "terminationGracePeriodSeconds": 2,
+                    "terminationGracePeriodSeconds": 10,
                     "containers": [{
                         "name": "app",
                         "image": image(image_name),

@@ -2,7 +2,8 @@
 //! namespace, method, path, query and headers it got.
 //!
 //! Env: `PORT` (8080), `POD_NAME`, `POD_NAMESPACE`, `FAIL_RATE` (0.0-1.0: answer
-//! 500 to that fraction), `DELAY_MS` (sleep before answering).
+//! 500 to that fraction), `DELAY_MS` (sleep before answering), `DRAIN_MS`
+//! (how long to keep serving after SIGTERM; 3000).
 //! Query overrides per request: `?fail=0.5`, `?delay_ms=100`, `?status=503`.
 
 use std::convert::Infallible;
@@ -115,10 +116,26 @@ async fn main() -> anyhow::Result<()> {
         listener.local_addr()?
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // After SIGTERM, keep serving for DRAIN_MS (default 3 s): the pod's
+    // endpoint takes a moment to leave every client's load balancer, as a
+    // well-behaved Kubernetes app does.
+    let drain = std::time::Duration::from_millis(env_f64("DRAIN_MS", 3000.0) as u64);
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
+        let until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => r?,
-            _ = sigterm.recv() => break,
+            _ = sigterm.recv(), if deadline.is_none() => {
+                eprintln!("http-echo: SIGTERM, serving {drain:?} more");
+                deadline = Some(tokio::time::Instant::now() + drain);
+                continue;
+            }
+            _ = until => break,
             _ = tokio::signal::ctrl_c() => break,
         };
         // Small HTTP/2 frames must not wait for Nagle's algorithm.
