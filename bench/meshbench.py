@@ -213,7 +213,7 @@ def write_json(name, rows):
     RESULTS.mkdir(parents=True, exist_ok=True)
     dest = RESULTS / name
     dest.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {dest.relative_to(ROOT)}", flush=True)
+    print(f"wrote {dest}", flush=True)
 
 
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
