@@ -185,8 +185,8 @@ async fn proxy_metrics(c: &Client, ns: &str, pod: &str) -> Result<String> {
 fn mesh_api_of(c: &Client, ns: &str, group: &str, kind: &str) -> Api<kube::api::DynamicObject> {
     let lower = kind.to_lowercase();
     let plural = match lower.strip_suffix('y') {
-        Some(stem) => format!("{stem}ies"),
-        None => format!("{lower}s"),
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{stem}ies"),
+        _ => format!("{lower}s"),
     };
     let ar = kube::api::ApiResource::from_gvk_with_plural(
         &kube::api::GroupVersionKind::gvk(group, "v1", kind),
@@ -1426,7 +1426,7 @@ async fn mesh_user_stories() -> Result<()> {
     if let Some(apps) = &deployed {
         scenario!("3. gRPC per-request balancing", grpc_balancing(apps));
         scenario!(
-            "10. run-to-completion pod with the sidecar",
+            "10. a Job completes",
             job_completes(apps)
         );
         scenario!("6. canary 10%, promote, progressive rollback", canary(apps));

@@ -28,6 +28,17 @@ use crate::{detect, io as pio, pool, tcp, Shared};
 struct Recording<I> {
     inner: I,
     seen: BytesMut,
+    /// Off once the stream is known to be ours (mesh mTLS): from then on
+    /// it is read through without keeping a copy.
+    recording: bool,
+}
+
+impl<I> Recording<I> {
+    /// Stops keeping copies and frees what was kept.
+    fn stop_recording(&mut self) {
+        self.recording = false;
+        self.seen = BytesMut::new();
+    }
 }
 
 impl Recording<pio::PrefixedIo<TcpStream>> {
@@ -48,10 +59,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Recording<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let new = buf.filled()[before..].to_vec();
-            self.seen.extend_from_slice(&new);
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), true) = (&r, this.recording) {
+            this.seen.extend_from_slice(&buf.filled()[before..]);
         }
         r
     }
@@ -126,6 +137,7 @@ pub async fn serve(
         let mut rec = Recording {
             inner: pio::PrefixedIo::new(prefix, stream),
             seen: BytesMut::new(),
+            recording: true,
         };
         let acceptor =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), &mut rec);
@@ -160,13 +172,16 @@ pub async fn serve(
                 );
                 return Ok(());
             };
-            let tls = match start.into_stream(config).await {
+            let mut tls = match start.into_stream(config).await {
                 Ok(t) => t,
                 Err(e) => {
                     refuse(&shared, &format!("mTLS handshake failed: {e}"), client);
                     return Ok(());
                 }
             };
+            // Ours: nothing will be replayed, so stop copying every byte
+            // read (a connection lives for many requests).
+            tls.get_mut().0.stop_recording();
             let (_, conn) = tls.get_ref();
             let peer: Option<Arc<str>> = conn
                 .peer_certificates()
@@ -247,4 +262,29 @@ async fn passthrough(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn recording_stops_when_told() {
+        let data = vec![7u8; 64 * 1024];
+        let mut rec = Recording {
+            inner: &data[..],
+            seen: BytesMut::new(),
+            recording: true,
+        };
+        let mut buf = [0u8; 1024];
+        rec.read_exact(&mut buf).await.unwrap();
+        assert_eq!(rec.seen.len(), 1024);
+        rec.stop_recording();
+        let mut rest = Vec::new();
+        rec.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.len(), 63 * 1024);
+        assert!(rec.seen.is_empty(), "kept {} bytes", rec.seen.len());
+        assert_eq!(rec.seen.capacity(), 0);
+    }
 }
