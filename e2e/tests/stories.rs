@@ -820,7 +820,7 @@ async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
                 "--rate",
                 "200",
                 "--duration",
-                "30",
+                "20",
                 "--wait-ready",
                 "30",
             ],
@@ -1425,10 +1425,7 @@ async fn mesh_user_stories() -> Result<()> {
     };
     if let Some(apps) = &deployed {
         scenario!("3. gRPC per-request balancing", grpc_balancing(apps));
-        scenario!(
-            "10. a Job completes",
-            job_completes(apps)
-        );
+        scenario!("10. a Job completes", job_completes(apps));
         scenario!("6. canary 10%, promote, progressive rollback", canary(apps));
         scenario!("4. mTLS identity, STRICT", mtls(&c, apps));
         scenario!(

@@ -55,7 +55,8 @@ impl BundlePublisher {
                     let Some(name) = ns.metadata.name else {
                         continue;
                     };
-                    if ns.metadata.deletion_timestamp.is_some() || SKIPPED.contains(&name.as_str()) {
+                    if ns.metadata.deletion_timestamp.is_some() || SKIPPED.contains(&name.as_str())
+                    {
                         continue;
                     }
                     let cm = ConfigMap {
@@ -93,13 +94,21 @@ impl BundlePublisher {
         }
     }
 
-    /// Publishes the authority's bundle now and every `every` (catches new
-    /// labelled namespaces and bundle changes).
+    /// Publishes the authority's bundle now, every `every` (bundle changes)
+    /// and, in kube mode, as soon as a new namespace appears (its pods need
+    /// the bundle to start).
     pub fn spawn(self, authority: Arc<Authority>, every: Duration) -> JoinHandle<()> {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if let Self::Kube(client) = &self {
+            tokio::spawn(watch_namespaces(client.clone(), wake.clone()));
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = wake.notified() => {}
+                }
                 match self.publish(&authority.trust_bundle_pem()).await {
                     Ok(n) if n > 0 => tracing::info!(written = n, "published trust bundle"),
                     Ok(_) => {}
@@ -107,5 +116,28 @@ impl BundlePublisher {
                 }
             }
         })
+    }
+}
+
+/// Wakes the publisher when a namespace it has not seen appears.
+async fn watch_namespaces(client: kube::Client, wake: Arc<tokio::sync::Notify>) {
+    use futures::StreamExt;
+    use kube::runtime::{watcher, WatchStreamExt};
+    let mut known = std::collections::HashSet::new();
+    let stream = watcher(Api::<Namespace>::all(client), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ns) => {
+                if let Some(name) = ns.metadata.name {
+                    if known.insert(name) {
+                        wake.notify_one();
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "namespace watch"),
+        }
     }
 }

@@ -235,8 +235,8 @@ fn rbac(opts: &InstallOptions) -> Vec<Manifest> {
             &["create"],
             &[],
         ),
-        // The trust bundle goes to every namespace labelled for injection.
-        rule(&[""], &["namespaces"], &["list"], &[]),
+        // The trust bundle goes to every namespace, as soon as one appears.
+        rule(&[""], &["namespaces"], &["list", "watch"], &[]),
         // Server-side apply of an absent object is authorized as `create`
         // too, and a create cannot be limited to a name.
         rule(&[""], &["configmaps"], &["create"], &[]),

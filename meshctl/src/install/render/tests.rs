@@ -114,6 +114,7 @@ fn least_privilege() {
             "/configmaps create",
             "/configmaps patch mesh-root-ca",
             "/namespaces list",
+            "/namespaces watch",
             "authentication.k8s.io/tokenreviews create",
         ]
     );
