@@ -870,16 +870,40 @@ async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
         total += r["total"].as_u64().unwrap_or(0);
     }
     let report = json!({"total": total});
-    // The streams cut by the controller restart resynced.
     let n = ns.name.clone();
-    wait_for("proxies resynced", Duration::from_secs(60), || {
-        let n = n.clone();
-        async move {
-            let (code, _, _) = meshctl(&["proxy-status", "-n", &n]).await?;
-            Ok((code == 0).then_some(()))
-        }
-    })
-    .await?;
+    // The backend's proxies (their streams were cut by the controller
+    // restart; the rolling update made new ones) are SYNCED again.
+    let web: Vec<String> = pods(ns, "app=web")
+        .await?
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let last = std::sync::Mutex::new(String::new());
+    let synced = wait_for(
+        "the backend's proxies resynced",
+        Duration::from_secs(120),
+        || {
+            let (n, web, last) = (n.clone(), web.clone(), &last);
+            async move {
+                let (_, out, _) = meshctl(&["proxy-status", "-n", &n, "-o", "json"]).await?;
+                let rows: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+                let ok = web.iter().all(|w| {
+                    rows.iter()
+                        .any(|r| r["pod"] == w.as_str() && r["status"] == "SYNCED")
+                });
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = out;
+                Ok(ok.then_some(()))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = synced {
+        bail!(
+            "{e:#}; last proxy-status: {}",
+            last.lock().unwrap_or_else(|e| e.into_inner())
+        );
+    }
     // Pod deletion drains in-flight requests.
     let slow = job_pod(
         "slow",
