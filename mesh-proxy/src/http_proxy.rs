@@ -260,6 +260,17 @@ struct Outcome {
     upstream: Option<SocketAddr>,
 }
 
+impl Outcome {
+    /// An answer made by the proxy itself (no upstream was reached).
+    fn local(status: StatusCode, kind: &'static str, msg: String, grpc: bool) -> Self {
+        Self {
+            response: local_reply(status, kind, msg, grpc),
+            workload: "unknown".into(),
+            upstream: None,
+        }
+    }
+}
+
 async fn outbound(
     shared: &Arc<Shared>,
     state: &MeshState,
@@ -269,11 +280,7 @@ async fn outbound(
     mut req: Request<Incoming>,
     grpc: bool,
 ) -> Outcome {
-    let fail = |status, kind, msg: String| Outcome {
-        response: local_reply(status, kind, msg, grpc),
-        workload: "unknown".into(),
-        upstream: None,
-    };
+    let fail = |status, kind, msg: String| Outcome::local(status, kind, msg, grpc);
     let Some(svc_idx) = state.service_by_name(name) else {
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -336,11 +343,7 @@ async fn gateway(
     mut req: Request<Incoming>,
     grpc: bool,
 ) -> Outcome {
-    let fail = |status, kind, msg: String| Outcome {
-        response: local_reply(status, kind, msg, grpc),
-        workload: "unknown".into(),
-        upstream: None,
-    };
+    let fail = |status, kind, msg: String| Outcome::local(status, kind, msg, grpc);
     let Some(listener) = state.gateway(port) else {
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -435,11 +438,7 @@ async fn routed(
     grpc: bool,
     request_id: HeaderValue,
 ) -> Outcome {
-    let fail = |status, kind, msg: String| Outcome {
-        response: local_reply(status, kind, msg, grpc),
-        workload: "unknown".into(),
-        upstream: None,
-    };
+    let fail = |status, kind, msg: String| Outcome::local(status, kind, msg, grpc);
     if let Some(route) = route {
         let spec = &route.spec;
         if let Some(r) = &spec.redirect {
