@@ -117,10 +117,14 @@ pub struct ServeArgs {
     /// Extra IP addresses of the serving certificate (repeatable).
     #[arg(long = "serving-ip", value_name = "IP")]
     pub serving_ip: Vec<IpAddr>,
-    /// Per-identity signings per second.
+    /// Per-identity signings per second: a token bucket per ServiceAccount
+    /// identity; a request over it is refused with RESOURCE_EXHAUSTED and a
+    /// retry hint, without delaying other identities. A proxy signs once per
+    /// half-life, so only a looping client meets it.
     #[arg(long, default_value_t = crate::config::DEFAULT_RATE_PER_SEC)]
     pub rate: f64,
-    /// Per-identity burst.
+    /// Per-identity burst: signings an identity may make at once (the pods of
+    /// a Deployment share one identity and may all start together).
     #[arg(long, default_value_t = crate::config::DEFAULT_BURST)]
     pub burst: u32,
     /// Local mode: also write the trust bundle here (default DIR/trust-bundle.pem).
@@ -177,7 +181,10 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     }
     let (store, client) = store_from(&args.store).await?;
     let authenticator: Arc<dyn TokenAuthenticator> = match (&client, &args.tokens_file) {
-        (Some(c), _) => Arc::new(KubeTokenReview::new(c.clone(), mesh_api::CA_TOKEN_AUDIENCE)),
+        // One TokenReview per token per AUTH_CACHE_TTL, however many requests.
+        (Some(c), _) => Arc::new(crate::authcache::CachedAuthenticator::new(
+            KubeTokenReview::new(c.clone(), mesh_api::CA_TOKEN_AUDIENCE),
+        )),
         (None, Some(f)) => Arc::new(StaticTokens::from_file(f)?),
         (None, None) => bail!("local mode needs --tokens-file (the bootstrap token file)"),
     };

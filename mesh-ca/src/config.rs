@@ -32,6 +32,25 @@ pub const DEFAULT_RATE_PER_SEC: f64 = 10.0;
 /// Burst per identity: a Deployment's pods share one identity and may all
 /// start at once.
 pub const DEFAULT_BURST: u32 = 20;
+/// Requests one connection may have in the signing service at once; more
+/// wait (tonic's per-connection concurrency limit).
+pub const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 64;
+/// HTTP/2 streams one connection may have open at once, announced to the
+/// client (SETTINGS_MAX_CONCURRENT_STREAMS), which queues the rest on its
+/// side. Without it tonic announces no limit, and a client that opens
+/// thousands of streams has them all buffered in the CA (up to
+/// [`MAX_REQUEST_BYTES`] each). Equal to the concurrency limit: a stream
+/// beyond it would only wait.
+pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 64;
+/// How long a token's TokenReview answer is reused (kube mode). A workload
+/// that floods the CA with one token costs the API server one TokenReview
+/// per this period instead of one per request. Short enough that a revoked
+/// token (its pod deleted) stops working within seconds: a leaf lives a day.
+pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Tokens whose answers are cached at once; above this (and after dropping
+/// expired answers), new tokens are reviewed without being cached. A mesh
+/// has one live token per pod, rotated hourly.
+pub const AUTH_CACHE_MAX_ENTRIES: usize = 100_000;
 /// How often the CA re-reads its store and checks the intermediate's expiry.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the trust bundle is (re)published to the namespaces.

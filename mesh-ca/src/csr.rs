@@ -20,6 +20,10 @@ pub enum CsrError {
     /// A key type other than ECDSA P-256.
     #[error("unsupported CSR key: {0} (only ECDSA P-256 keys are accepted)")]
     UnsupportedKey(String),
+    /// The CSR asks to be a CA (basicConstraints CA:true, or keyCertSign /
+    /// cRLSign key usage): a workload certificate never is.
+    #[error("CSR asks for {0}, but a workload certificate is never a CA")]
+    CaRequested(String),
     /// The CSR asks for a name the caller's token does not give it.
     #[error("CSR asks for {asked}, but the caller's identity is {identity}")]
     IdentityMismatch {
@@ -37,8 +41,9 @@ pub struct CheckedCsr {
     pub spki_der: Vec<u8>,
 }
 
-/// Parses `csr_pem`, verifies its self-signature, requires a P-256 key and
-/// refuses any SAN other than exactly `identity` (no SAN at all is fine).
+/// Parses `csr_pem`, verifies its self-signature, requires a P-256 key,
+/// refuses any SAN other than exactly `identity` (no SAN at all is fine) and
+/// a request to be a CA.
 pub fn check_csr(csr_pem: &str, identity: &WorkloadIdentity) -> Result<CheckedCsr, CsrError> {
     let der = single_pem_block(csr_pem, "CERTIFICATE REQUEST")?;
     let (rest, csr) = X509CertificationRequest::from_der(&der)
@@ -104,6 +109,12 @@ fn check_requested_names(
                         other => return Err(mismatch(format!("SAN {other}"))),
                     }
                 }
+            }
+            ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                return Err(CsrError::CaRequested("basicConstraints CA:true".into()));
+            }
+            ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
+                return Err(CsrError::CaRequested(format!("key usage {ku}")));
             }
             ParsedExtension::UnsupportedExtension { .. }
             | ParsedExtension::ParseError { .. }

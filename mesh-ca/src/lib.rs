@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod authcache;
 pub mod authority;
 pub mod cli;
 pub mod client;
@@ -45,6 +46,7 @@ pub mod server;
 pub mod store;
 
 pub use auth::{KubeTokenReview, ServiceAccountRef, StaticTokens, TokenAuthenticator};
+pub use authcache::CachedAuthenticator;
 pub use authority::{Authority, CaMaterial, IssuedLeaf, PluginCa};
 pub use config::TtlPolicy;
 pub use mesh_api::WorkloadIdentity;

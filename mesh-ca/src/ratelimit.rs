@@ -27,8 +27,14 @@ impl RateLimiter {
 
     /// Takes one token for `key` at `now`; `false` when the bucket is empty.
     pub fn try_acquire(&self, key: &str, now: Instant) -> bool {
+        self.acquire(key, now).is_ok()
+    }
+
+    /// Takes one token for `key` at `now`, or says how long until the
+    /// bucket holds one again (the retry hint of a refusal).
+    pub fn acquire(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let Ok(mut b) = self.buckets.lock() else {
-            return true; // a poisoned lock must not stop signing
+            return Ok(()); // a poisoned lock must not stop signing
         };
         if b.len() > PRUNE_ABOVE {
             let full_after = Duration::from_secs_f64(self.burst / self.rate.max(1e-9));
@@ -40,10 +46,22 @@ impl RateLimiter {
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            // A zero rate never refills: say "a minute" rather than forever.
+            let wait = (1.0 - *tokens) / self.rate.max(1.0 / 60.0);
+            Err(Duration::from_secs_f64(wait.min(60.0)))
         }
+    }
+
+    /// Tokens per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Tokens saved at most.
+    pub fn burst(&self) -> u32 {
+        self.burst as u32
     }
 }
 
@@ -67,5 +85,22 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         let n = (0..100).filter(|_| l.try_acquire("a", later)).count();
         assert_eq!(n, 20);
+    }
+
+    #[test]
+    fn a_refusal_says_when_a_token_is_back() {
+        let l = RateLimiter::new(10.0, 1);
+        let t0 = Instant::now();
+        assert_eq!(l.acquire("a", t0), Ok(()));
+        let wait = l.acquire("a", t0).unwrap_err();
+        assert!(
+            (Duration::from_millis(99)..=Duration::from_millis(101)).contains(&wait),
+            "{wait:?}"
+        );
+        assert_eq!(l.acquire("a", t0 + wait + Duration::from_millis(1)), Ok(()));
+        // No refill at all: a bounded hint, not infinity.
+        let stuck = RateLimiter::new(0.0, 1);
+        assert_eq!(stuck.acquire("a", t0), Ok(()));
+        assert_eq!(stuck.acquire("a", t0), Err(Duration::from_secs(60)));
     }
 }

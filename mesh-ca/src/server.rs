@@ -23,7 +23,8 @@ use tonic::{Code, Request, Response, Status};
 use crate::auth::{AuthError, TokenAuthenticator};
 use crate::authority::{Authority, SignError};
 use crate::config::{
-    TtlPolicy, DEFAULT_BURST, DEFAULT_RATE_PER_SEC, MAX_REQUEST_BYTES, SERVING_CERT_VALIDITY,
+    TtlPolicy, DEFAULT_BURST, DEFAULT_RATE_PER_SEC, MAX_CONCURRENT_REQUESTS_PER_CONNECTION,
+    MAX_CONCURRENT_STREAMS_PER_CONNECTION, MAX_REQUEST_BYTES, SERVING_CERT_VALIDITY,
     SERVING_DNS_NAMES,
 };
 use crate::csr::CsrError;
@@ -33,8 +34,14 @@ use crate::ratelimit::RateLimiter;
 pub const AUDIT_TARGET: &str = "mesh_ca::audit";
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request still running after this is ended (a signing takes
+/// milliseconds; a TokenReview at most its own 5 s deadline).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the serving certificate is checked for renewal.
 const SERVING_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// Metadata of a rate-limit refusal: milliseconds until the caller's
+/// identity may sign again (gRPC's retry pushback, see gRFC A6).
+pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
 
 /// Settings of the signing service.
 #[derive(Clone, Debug)]
@@ -127,8 +134,12 @@ impl CertificateService {
         )
         .map_err(|e| Refusal::Auth(AuthError::Rejected(e.to_string())))?;
         *identity_out = Some(identity.clone());
-        if !self.limiter.try_acquire(&identity.uri(), Instant::now()) {
-            return Err(Refusal::RateLimited);
+        if let Err(retry_after) = self.limiter.acquire(&identity.uri(), Instant::now()) {
+            return Err(Refusal::RateLimited {
+                rate: self.limiter.rate(),
+                burst: self.limiter.burst(),
+                retry_after,
+            });
         }
         let ttl = self
             .config
@@ -165,7 +176,11 @@ impl CertificateService {
 #[derive(Debug)]
 enum Refusal {
     Auth(AuthError),
-    RateLimited,
+    RateLimited {
+        rate: f64,
+        burst: u32,
+        retry_after: Duration,
+    },
     Ttl(String),
     Sign(SignError),
 }
@@ -177,9 +192,10 @@ impl Refusal {
             Refusal::Auth(AuthError::Unavailable(_)) => "auth_unavailable",
             Refusal::Auth(AuthError::WrongAudience(_)) => "wrong_audience",
             Refusal::Auth(_) => "unauthenticated",
-            Refusal::RateLimited => "rate_limited",
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::Ttl(_) => "invalid_ttl",
             Refusal::Sign(SignError::Csr(CsrError::IdentityMismatch { .. })) => "identity_mismatch",
+            Refusal::Sign(SignError::Csr(CsrError::CaRequested(_))) => "ca_requested",
             Refusal::Sign(SignError::Csr(CsrError::UnsupportedKey(_))) => "unsupported_key",
             Refusal::Sign(SignError::Csr(CsrError::Invalid(_))) => "invalid_csr",
             Refusal::Sign(SignError::Internal(_)) => "internal",
@@ -192,13 +208,29 @@ impl Refusal {
                 Status::unavailable(format!("cannot check the token now: {m}"))
             }
             Refusal::Auth(e) => Status::unauthenticated(e.to_string()),
-            Refusal::RateLimited => Status::resource_exhausted(
-                "too many signing requests for this identity; retry with backoff",
-            ),
-            Refusal::Ttl(m) => Status::invalid_argument(m.clone()),
-            Refusal::Sign(SignError::Csr(e @ CsrError::IdentityMismatch { .. })) => {
-                Status::permission_denied(e.to_string())
+            Refusal::RateLimited {
+                rate,
+                burst,
+                retry_after,
+            } => {
+                // Round up: retrying at the hint must find a token.
+                let ms = u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(1);
+                let mut status = Status::resource_exhausted(format!(
+                    "too many signing requests for this identity: over the per-identity \
+                     rate limit of {rate}/s (burst {burst}); retry in {ms} ms, with backoff"
+                ));
+                // gRPC's standard retry hint (honoured by gRPC retry policies).
+                status
+                    .metadata_mut()
+                    .insert(RETRY_PUSHBACK_METADATA, ms.into());
+                status
             }
+            Refusal::Ttl(m) => Status::invalid_argument(m.clone()),
+            Refusal::Sign(SignError::Csr(
+                e @ (CsrError::IdentityMismatch { .. } | CsrError::CaRequested(_)),
+            )) => Status::permission_denied(e.to_string()),
             Refusal::Sign(SignError::Csr(e)) => Status::invalid_argument(e.to_string()),
             Refusal::Sign(e @ SignError::Internal(_)) => Status::internal(e.to_string()),
         }
@@ -377,8 +409,9 @@ pub async fn serve(
     let service = CertificateService::new(authority, authenticator, config).into_server();
     let handle = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
-            .concurrency_limit_per_connection(64)
+            .timeout(REQUEST_TIMEOUT)
+            .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
             .add_service(service)
             .serve_with_incoming(ReceiverStream::new(rx))
             .await?;

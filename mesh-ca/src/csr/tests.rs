@@ -113,3 +113,36 @@ fn refuses_garbage_and_tampering() {
 fn x509_pem(label: &str, der: &[u8]) -> String {
     crate::authority::pem_encode(label, der)
 }
+
+#[test]
+fn refuses_a_request_to_be_a_ca() {
+    let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+    let with = |f: &dyn Fn(&mut rcgen::CertificateParams)| {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(id("web").uri().try_into().unwrap())];
+        f(&mut params);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    let ca = with(&|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+    assert_eq!(
+        check_csr(&ca, &id("web")).unwrap_err(),
+        CsrError::CaRequested("basicConstraints CA:true".into())
+    );
+    let signer = with(&|p| p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign]);
+    assert!(matches!(
+        check_csr(&signer, &id("web")),
+        Err(CsrError::CaRequested(_))
+    ));
+    let crl = with(&|p| p.key_usages = vec![rcgen::KeyUsagePurpose::CrlSign]);
+    assert!(matches!(
+        check_csr(&crl, &id("web")),
+        Err(CsrError::CaRequested(_))
+    ));
+    // Saying CA:false, or asking for the usages a leaf has, is fine.
+    let leaf = with(&|p| {
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    });
+    assert!(check_csr(&leaf, &id("web")).is_ok());
+}
