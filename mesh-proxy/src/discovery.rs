@@ -24,6 +24,17 @@ const ALPN_GRPC: &[u8] = b"h2";
 pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
 /// Longest wait between reconnects.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(15);
+/// TCP connect plus TLS handshake to the controller. A partitioned network
+/// drops SYNs silently; without a bound the kernel's SYN retries would hold
+/// one attempt for over two minutes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 PING on the config stream when it has been quiet this long. A
+/// partition leaves the TCP connection "established" on both ends; nothing
+/// else would notice that updates stopped arriving.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// No PING answer within this long: the stream is dead, reconnect. Worst
+/// case a dead stream is noticed after interval + timeout = 15 s.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the controller is and who it must be.
 #[derive(Debug, Clone)]
@@ -131,17 +142,30 @@ async fn connect(
             let config = tls
                 .client_config(&expected, ALPN_GRPC)
                 .ok_or_else(|| std::io::Error::other("no workload certificate yet"))?;
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let ip = tcp.peer_addr()?.ip();
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
-                .await?;
+            let handshake = async {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let ip = tcp.peer_addr()?.ip();
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
+                    .await
+            };
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connect to the controller timed out after {CONNECT_TIMEOUT:?}"),
+                    )
+                })??;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
     tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.addr))
         .map_err(|e| e.to_string())?
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_with_connector(connector)
         .await
         .map_err(|e| e.to_string())

@@ -12,172 +12,38 @@
 mod support;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
 use mesh_testapps::echo::echo_client::EchoClient;
 use mesh_testapps::echo::EchoRequest;
-use nix::sched::{setns, CloneFlags};
+use support::netns::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SUBNET: &str = "10.77.0";
 
-struct Topology {
-    prefix: String,
-    proxy: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Topology {
-    fn ns(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-        for n in ["c", "h", "s1", "s2", "s3"] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(n)])
-                .status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("command runs");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn in_ns(ns: &str, args: &[&str]) {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    sh(&v);
-}
-
-/// Runs `f` on a thread inside network namespace `ns`; sockets it creates
-/// stay in that namespace after the thread ends.
-fn with_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = File::open(&path).expect("netns file");
-        setns(fd, CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
-
-/// Runs an async block to completion inside `ns`, on its own runtime.
-fn block_in_ns<T, F>(ns: &str, f: impl FnOnce() -> F + Send + 'static) -> T
-where
-    T: Send + 'static,
-    F: std::future::Future<Output = T>,
-{
-    with_netns(ns, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f())
-    })
-}
-
-fn bind_in(ns: &str, addr: &str) -> std::net::TcpListener {
-    let addr: SocketAddr = addr.parse().unwrap();
-    with_netns(ns, move || {
-        let l = std::net::TcpListener::bind(addr).expect("bind in netns");
-        l.set_nonblocking(true).unwrap();
-        l
-    })
-}
-
 fn setup() -> Topology {
-    let prefix = format!("mt{}", std::process::id() % 100_000);
-    let dir = tempfile::tempdir().unwrap();
-    let mut t = Topology {
-        prefix,
-        proxy: None,
-        _dir: dir,
-    };
-    let hub = t.ns("h");
-    for n in ["c", "h", "s1", "s2", "s3"] {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &t.ns(n)])
-            .stderr(Stdio::null())
-            .status();
-        sh(&["ip", "netns", "add", &t.ns(n)]);
-        in_ns(&t.ns(n), &["ip", "link", "set", "lo", "up"]);
-    }
-    in_ns(&hub, &["ip", "link", "add", "br0", "type", "bridge"]);
-    in_ns(&hub, &["ip", "link", "set", "br0", "up"]);
-    for (n, host) in [("c", 1), ("s1", 11), ("s2", 12), ("s3", 13)] {
-        let ns = t.ns(n);
-        let (a, b) = (format!("{}v{n}", t.prefix), format!("{}e{n}", t.prefix));
-        sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
-        sh(&["ip", "link", "set", &a, "netns", &hub]);
-        sh(&["ip", "link", "set", &b, "netns", &ns]);
-        in_ns(&hub, &["ip", "link", "set", &a, "master", "br0"]);
-        in_ns(&hub, &["ip", "link", "set", &a, "up"]);
-        in_ns(&ns, &["ip", "link", "set", &b, "name", "eth0"]);
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{SUBNET}.{host}/24"),
-                "dev",
-                "eth0",
-            ],
-        );
-        in_ns(&ns, &["ip", "link", "set", "eth0", "up"]);
-    }
+    let t = Topology::new(
+        "mt",
+        SUBNET,
+        &[("c", 1), ("s1", 11), ("s2", 12), ("s3", 13)],
+    );
     // Service IPs exist only in the proxy's config; the client just needs a route.
     in_ns(
         &t.ns("c"),
         &["ip", "route", "add", "10.77.100.0/24", "dev", "eth0"],
     );
-    t._dir = {
-        let d = tempfile::Builder::new()
-            .prefix("mesh-netns")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(
-            d.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        d
-    };
     t
 }
 
 #[test]
 fn transparent_interception_in_network_namespaces() {
-    if std::env::var("MESH_SKIP_NETNS").as_deref() == Ok("1") {
-        eprintln!("MESH_SKIP_NETNS=1: not running the network-namespace test");
+    if !netns_enabled("the network-namespace test") {
         return;
     }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (network namespaces, iptables); set MESH_SKIP_NETNS=1 to skip"
-    );
     let mut t = setup();
     let proxy_bin = env!("CARGO_BIN_EXE_mesh-proxy");
     let client = t.ns("c");
@@ -262,7 +128,7 @@ services:
       - {{address: "{SUBNET}.11", ports: {{"9000": 9000}}, pod: s1}}
 "#
     );
-    let cfg_path = t._dir.path().join("proxy.yaml");
+    let cfg_path = t.dir.path().join("proxy.yaml");
     std::fs::write(&cfg_path, config).unwrap();
     std::fs::set_permissions(
         &cfg_path,
@@ -270,7 +136,7 @@ services:
     )
     .unwrap();
     let uid = mesh_api::PROXY_UID.to_string();
-    t.proxy = Some(
+    t.children.push(
         Command::new("ip")
             .args([
                 "netns",
