@@ -2,6 +2,8 @@
 //! a proxy started from a YAML config.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -70,6 +72,12 @@ pub async fn start_proxy(config_yaml: &str, listen: &[&str], extra: &[&str]) -> 
 pub async fn http_backend(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    serve_http(l, name);
+    addr
+}
+
+/// Serves `http_backend`'s answers on `l`.
+pub fn serve_http(l: TcpListener, name: &'static str) {
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
@@ -93,7 +101,6 @@ pub async fn http_backend(name: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
 }
 
 struct NamedEcho(&'static str);
