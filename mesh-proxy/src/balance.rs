@@ -304,8 +304,15 @@ impl Balancer {
 
     /// Records how a try on `endpoint` went (for outlier detection).
     pub fn record(&self, endpoint: &Endpoint, health: crate::resilience::Health) {
-        if let Some(p) = &self.outlier {
-            crate::resilience::record(p, &self.endpoints, endpoint, health);
+        use crate::resilience::{record, Health, UNREACHABLE};
+        match (&self.outlier, health) {
+            (Some(p), _) => {
+                record(p, &self.endpoints, endpoint, health);
+            }
+            (None, Health::Unreachable | Health::Success) => {
+                record(&UNREACHABLE, &self.endpoints, endpoint, health);
+            }
+            (None, _) => {}
         }
     }
 

@@ -549,9 +549,11 @@ async fn routed(
     }
     .map(|t| tokio::time::Instant::now() + t);
 
-    let retry = route
-        .and_then(|r| r.retry.as_ref())
-        .filter(|p| p.non_idempotent || policy::is_idempotent(req.method()));
+    let retry = match route.and_then(|r| r.retry.as_ref()) {
+        Some(p) => Some(p).filter(|p| p.non_idempotent || policy::is_idempotent(req.method())),
+        None => Some(&policy::CONNECT_FAILURE_RETRY)
+            .filter(|_| hyper::body::Body::is_end_stream(req.body())),
+    };
     let mirror = route
         .and_then(|r| r.mirror.as_ref())
         .filter(|(_, pct)| policy::chance(*pct));
@@ -690,21 +692,26 @@ async fn routed(
             Err(ForwardError::Timeout(_)) => policy::TryOutcome::Timeout,
             Err(ForwardError::Upstream(e)) => policy::TryOutcome::Failed(e),
         };
+        let unreachable = matches!(&outcome, policy::TryOutcome::Failed(e) if e.is_connect());
         balancer.record(
             &endpoint,
             match &outcome {
                 policy::TryOutcome::Status(s) => crate::resilience::Health::of_status(s.as_u16()),
+                _ if unreachable => crate::resilience::Health::Unreachable,
                 _ => crate::resilience::Health::GatewayError,
             },
         );
+        // A try that never reached its endpoint added no load anywhere: it
+        // does not spend the retry budget.
         let again = tried < max_tries
             && body.is_replayable()
             && retry.is_some_and(|p| p.retries(&outcome))
             && (per_try_fired || !matches!(outcome, policy::TryOutcome::Timeout))
-            && budget
-                .as_ref()
-                .zip(retry)
-                .is_some_and(|(b, p)| b.withdraw(p.budget_min_per_sec));
+            && (unreachable
+                || budget
+                    .as_ref()
+                    .zip(retry)
+                    .is_some_and(|(b, p)| b.withdraw(p.budget_min_per_sec)));
         if again {
             shared
                 .metrics

@@ -60,12 +60,29 @@ impl OutlierPolicy {
     }
 }
 
+/// Outlier detection every backend has without a configured one: an
+/// endpoint that refuses connections (a restarting proxy, a pod gone before
+/// its endpoint is withdrawn) is skipped for a second, then two, three...
+/// instead of costing every request that picks it a failed connect. Never
+/// more than half of the endpoints, so a service-wide failure still reaches
+/// the endpoints and shows.
+pub const UNREACHABLE: OutlierPolicy = OutlierPolicy {
+    consecutive_5xx: 0,
+    consecutive_gateway: 1,
+    interval: DEFAULT_INTERVAL,
+    base_ejection: Duration::from_secs(1),
+    max_ejection_percent: 50,
+};
+
 /// One endpoint's failure streaks and ejection.
 #[derive(Debug, Default)]
 pub struct OutlierState {
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
     ejection: Mutex<Ejection>,
+    /// Ejected at least once since it was last forgiven (a lock-free check
+    /// for the success path).
+    ejected_before: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -82,8 +99,12 @@ pub enum Health {
     Success,
     /// A 500, 501, 505…: counts for `consecutive_5xx` only.
     ServerError,
-    /// 502, 503, 504, or no connection: counts for both streaks.
+    /// 502, 503, 504, a reset or a timeout: counts for both streaks.
     GatewayError,
+    /// No connection could be made (refused, timed out, TLS failed): a
+    /// gateway error for configured outlier detection, and, without any,
+    /// ejection by [`UNREACHABLE`].
+    Unreachable,
 }
 
 impl Health {
@@ -121,10 +142,13 @@ pub fn record(
         Health::Success => {
             s.consecutive_5xx.store(0, Ordering::Relaxed);
             s.consecutive_gateway.store(0, Ordering::Relaxed);
-            if let Ok(mut e) = s.ejection.lock() {
-                // Healthy for a while after its last ejection: forgive.
-                if e.times > 0 && e.until.is_some_and(|u| now > u + policy.interval) {
-                    *e = Ejection::default();
+            if s.ejected_before.load(Ordering::Relaxed) {
+                if let Ok(mut e) = s.ejection.lock() {
+                    // Healthy for a while after its last ejection: forgive.
+                    if e.times > 0 && e.until.is_some_and(|u| now > u + policy.interval) {
+                        *e = Ejection::default();
+                        s.ejected_before.store(false, Ordering::Relaxed);
+                    }
                 }
             }
             return false;
@@ -133,7 +157,7 @@ pub fn record(
             s.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1,
             s.consecutive_gateway.load(Ordering::Relaxed),
         ),
-        Health::GatewayError => (
+        Health::GatewayError | Health::Unreachable => (
             s.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1,
             s.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1,
         ),
@@ -154,6 +178,7 @@ pub fn record(
         return false;
     };
     e.times += 1;
+    s.ejected_before.store(true, Ordering::Relaxed);
     let length = (policy.base_ejection * e.times).min(MAX_EJECTION);
     e.until = Some(now + length);
     s.consecutive_5xx.store(0, Ordering::Relaxed);

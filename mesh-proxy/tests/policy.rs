@@ -185,6 +185,51 @@ async fn retries_turn_a_flaky_backend_into_a_reliable_one_within_budget() {
     proxy.running.shutdown().await;
 }
 
+/// With no retry policy at all, a request without a body whose connection
+/// is refused (a restarting or vanished pod) is sent once more, elsewhere:
+/// it never reached the dead endpoint. The endpoint is then skipped for a
+/// second (default outlier detection for unreachable endpoints).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_elsewhere_by_default() {
+    let hits = Arc::new(AtomicU64::new(0));
+    let live = backend(hits.clone(), |_| (200, Duration::ZERO, "ok".into())).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        "version: \"1\"\nservices:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}",
+        endpoints_yaml(&[live, dead], 80)
+    );
+    let proxy = start_proxy(&yaml, &["web:80"], &[]).await;
+    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    for _ in 0..200 {
+        let req = http::Request::get(format!("http://{}/", proxy.listener(0)))
+            .header("host", "web")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = c.request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 200, "{body:?}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 200);
+    let text = scrape(proxy.running.metrics_addr).await;
+    let retries: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("mesh_retries_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        retries >= 1.0,
+        "the dead endpoint was tried and retried:\n{text}"
+    );
+    // ...and then skipped for a while rather than tried by every request.
+    assert!(retries <= 20.0, "{retries} retries for 200 requests");
+    proxy.running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_caps_extra_load() {
     let hits = Arc::new(AtomicU64::new(0));
