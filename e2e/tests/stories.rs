@@ -799,55 +799,57 @@ async fn delete_pods(c: &Client, ns: &str, selector: &str) -> Result<usize> {
     Ok(list.items.len())
 }
 
+/// 200 rps to `web` from a load pod `name` for 20 s, with `disrupt` run
+/// 5 s in; one load pod per disruption, so a failure names its cause.
+async fn resilience_load<F, Fut>(ns: &TestNamespace, name: &str, disrupt: F) -> Result<Value>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let load = job_pod(
+        name,
+        "mesh-client",
+        &[],
+        &[
+            "http",
+            "--url",
+            "http://web:80/",
+            "-n",
+            "100000",
+            "--rate",
+            "200",
+            "--duration",
+            "20",
+            "--wait-ready",
+            "30",
+        ],
+    )?;
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &load)
+        .await?;
+    wait_for("load running", Duration::from_secs(60), || async {
+        let p = ns.api::<Pod>().get(name).await?;
+        Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    disrupt().await?;
+    finish(ns, name, Duration::from_secs(120)).await
+}
+
 async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
     let ns = &apps.mesh;
-    // One load pod per disruption, so a failure names its cause.
-    async fn under_load<F, Fut>(ns: &TestNamespace, name: &str, disrupt: F) -> Result<Value>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<()>>,
-    {
-        let load = job_pod(
-            name,
-            "mesh-client",
-            &[],
-            &[
-                "http",
-                "--url",
-                "http://web:80/",
-                "-n",
-                "100000",
-                "--rate",
-                "200",
-                "--duration",
-                "20",
-                "--wait-ready",
-                "30",
-            ],
-        )?;
-        ns.api::<Pod>()
-            .create(&PostParams::default(), &load)
-            .await?;
-        wait_for("load running", Duration::from_secs(60), || async {
-            let p = ns.api::<Pod>().get(name).await?;
-            Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
-        })
-        .await?;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        disrupt().await?;
-        finish(ns, name, Duration::from_secs(120)).await
-    }
-    let controller = under_load(ns, "load-controller", || async {
+    let controller = resilience_load(ns, "load-controller", || async {
         delete_pods(c, "mesh-system", "app.kubernetes.io/name=mesh-controller").await?;
         Ok(())
     })
     .await?;
-    let ca = under_load(ns, "load-ca", || async {
+    let ca = resilience_load(ns, "load-ca", || async {
         delete_pods(c, "mesh-system", "app.kubernetes.io/name=mesh-ca").await?;
         Ok(())
     })
     .await?;
-    let rolling = under_load(ns, "load-rolling", || async {
+    let rolling = resilience_load(ns, "load-rolling", || async {
         let deps: Api<Deployment> = ns.api();
         deps.patch(
             "web",
@@ -942,9 +944,123 @@ async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
         drained["failed"] == 0,
         "in-flight requests during pod deletion: {drained}"
     );
+    let restarted = proxy_restart(ns).await?;
     Ok(format!(
-        "{} requests at 200 rps, 0 failed through controller restart, CA restart and a rolling update; streams resynced; deleting a pod under 1.5 s requests: {}/48 ok",
+        "{} requests at 200 rps, 0 failed through controller restart, CA restart and a rolling update; streams resynced; deleting a pod under 1.5 s requests: {}/48 ok; {restarted}",
         report["total"], drained["ok"]
+    ))
+}
+
+/// The proxy container's restart count and ID (`containerd://...`) in `pod`.
+fn proxy_container(pod: &Pod) -> Option<(i32, String)> {
+    let st = pod.status.as_ref()?;
+    st.init_container_statuses
+        .iter()
+        .flatten()
+        .chain(st.container_statuses.iter().flatten())
+        .find(|c| c.name == "mesh-proxy")
+        .map(|c| (c.restart_count, c.container_id.clone().unwrap_or_default()))
+}
+
+/// The host PID of the process running in container `id` (this node's
+/// /proc: the local cluster, or kind from its host, as root).
+fn container_pid(id: &str) -> Result<String> {
+    let id = id.rsplit("://").next().unwrap_or(id);
+    ensure!(id.len() >= 12, "no container ID");
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if cgroup.contains(id) && comm.trim() == "mesh-proxy" {
+            return Ok(pid);
+        }
+    }
+    bail!("no mesh-proxy process in container {id}")
+}
+
+/// The sidecar proxy of one backend pod gets SIGTERM (what the kubelet
+/// sends) while 1.5 s requests are in flight through it and 200 rps flow
+/// to the service: the in-flight requests drain, nothing fails, and the
+/// kubelet starts the proxy again (native sidecar, `restartPolicy: Always`).
+async fn proxy_restart(ns: &TestNamespace) -> Result<String> {
+    let slow = job_pod(
+        "slow-restart",
+        "mesh-client",
+        &[],
+        &[
+            "http",
+            "--url",
+            "http://web:80/?delay_ms=1500",
+            "-n",
+            "160",
+            "--concurrency",
+            "8",
+            "--wait-ready",
+            "30",
+        ],
+    )?;
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &slow)
+        .await?;
+    let victim = pods(ns, "app=web")
+        .await?
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .context("no web pod")?;
+    let name = victim.metadata.name.clone().unwrap_or_default();
+    let (before, id) = proxy_container(&victim).context("no mesh-proxy container")?;
+    let pid = container_pid(&id)?;
+    let load = resilience_load(ns, "load-proxy-restart", || async {
+        let p = ns.api::<Pod>().get("slow-restart").await?;
+        ensure!(
+            p.status.and_then(|s| s.phase).as_deref() == Some("Running"),
+            "the slow client is not running"
+        );
+        let out = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "kill -TERM {pid}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })
+    .await?;
+    let drained = finish(ns, "slow-restart", Duration::from_secs(120)).await?;
+    ensure!(
+        load["failed"] == 0,
+        "200 rps through a proxy restart: {load}"
+    );
+    ensure!(
+        drained["failed"] == 0,
+        "in-flight 1.5 s requests through a proxy restart: {drained}"
+    );
+    let pods_api = ns.api::<Pod>();
+    let after = wait_for(
+        "the proxy restarted by the kubelet and the pod Ready",
+        Duration::from_secs(120),
+        || {
+            let (pods_api, name) = (pods_api.clone(), name.clone());
+            async move {
+                let p = pods_api.get(&name).await?;
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let count = proxy_container(&p).map(|(n, _)| n).unwrap_or(0);
+                Ok((ready && count > before).then_some(count))
+            }
+        },
+    )
+    .await?;
+    Ok(format!(
+        "proxy of {name} restarted (restarts {before} -> {after}) under {} requests at 200 rps, 0 failed; {}/160 in-flight 1.5 s requests ok",
+        load["total"], drained["ok"]
     ))
 }
 
