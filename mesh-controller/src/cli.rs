@@ -54,6 +54,16 @@ pub struct Cli {
     /// Proxy views computed and sent at once.
     #[arg(long, default_value_t = 64)]
     pub max_concurrent_sends: usize,
+    /// Config streams one pod may have open at once (0: no limit). A proxy
+    /// holds one; a reconnect may overlap the old stream until keepalive
+    /// ends it. More are refused with RESOURCE_EXHAUSTED; the proxy retries.
+    #[arg(long, default_value_t = crate::limits::DEFAULT_MAX_STREAMS_PER_POD)]
+    pub max_streams_per_pod: usize,
+    /// Config streams one SPIFFE identity (ServiceAccount) may have open,
+    /// all its pods together (0: no limit). Raise it above the replica count
+    /// of the largest Deployment sharing one ServiceAccount.
+    #[arg(long, default_value_t = crate::limits::DEFAULT_MAX_STREAMS_PER_IDENTITY)]
+    pub max_streams_per_identity: usize,
     /// Local mode: how often the config directory is checked for changes.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -178,8 +188,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(&cli.admin)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cli.admin))?;
-    let mut running =
-        crate::run::start(source, tls, grpc, Some(admin), cli.config(), stop.clone()).await?;
+    let limits = crate::limits::StreamLimits {
+        per_pod: cli.max_streams_per_pod,
+        per_identity: cli.max_streams_per_identity,
+    };
+    let mut running = crate::run::start_with_limits(
+        source,
+        tls,
+        grpc,
+        Some(admin),
+        cli.config(),
+        limits,
+        stop.clone(),
+    )
+    .await?;
     running.wait().await;
     stop.cancel();
     running.shutdown().await;

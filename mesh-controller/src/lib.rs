@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cli;
 pub mod identity;
 pub mod leader;
+pub mod limits;
 pub mod metrics;
 pub mod push;
 pub mod run;

@@ -19,7 +19,9 @@ pub struct Metrics {
     pub pushes: IntCounterVec,
     /// NACKs received.
     pub nacks: IntCounter,
-    /// Streams refused (identity mismatch, unknown pod, bad hello).
+    /// Streams refused, by reason: `no_identity`, `identity_mismatch`,
+    /// `unknown_pod`, `bad_hello`, `too_many_streams`, `message_too_large`,
+    /// `malformed_request`.
     pub refused: IntCounterVec,
     /// Time to build one snapshot.
     pub snapshot_build: Histogram,

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::ServerTls;
+use crate::limits::StreamLimits;
 use crate::metrics::Metrics;
 use crate::push::{self, Debounce};
 use crate::server::{self, Discovery, StreamConfig};
@@ -73,13 +74,36 @@ impl Running {
     }
 }
 
-/// Starts the controller on the given listeners.
+/// Starts the controller on the given listeners, with the default stream
+/// limits.
 pub async fn start(
     source: Arc<dyn Source>,
     tls: Arc<ServerTls>,
     grpc: TcpListener,
     admin: Option<TcpListener>,
     config: ControllerConfig,
+    stop: CancellationToken,
+) -> anyhow::Result<Running> {
+    start_with_limits(
+        source,
+        tls,
+        grpc,
+        admin,
+        config,
+        StreamLimits::default(),
+        stop,
+    )
+    .await
+}
+
+/// [`start`] with `limits` on the open config streams per pod and identity.
+pub async fn start_with_limits(
+    source: Arc<dyn Source>,
+    tls: Arc<ServerTls>,
+    grpc: TcpListener,
+    admin: Option<TcpListener>,
+    config: ControllerConfig,
+    limits: StreamLimits,
     stop: CancellationToken,
 ) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
@@ -122,7 +146,8 @@ pub async fn start(
             metrics.clone(),
             config.stream,
             stop.clone(),
-        );
+        )
+        .with_limits(limits);
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server::serve(grpc, tls, discovery, stop.clone()).await {

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::identity::{spiffe_id, ServerTls};
+use crate::limits::{StreamLimits, StreamSlots};
+pub use crate::limits::{MAX_CONCURRENT_STREAMS_PER_CONNECTION, MAX_REQUEST_BYTES};
 use crate::metrics::Metrics;
 use crate::sync::{unix_now, ProxySync, SyncRegistry};
 use crate::translate::Snapshot;
@@ -38,6 +40,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const POD_WAIT: Duration = Duration::from_secs(30);
 /// How long a response waits for its ACK before the stream moves on.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pod name a hello may carry (a Kubernetes object name).
+const MAX_POD_NAME_BYTES: usize = 253;
 
 /// Stream settings.
 #[derive(Clone, Debug)]
@@ -113,6 +117,8 @@ pub struct Discovery {
     config: Arc<StreamConfig>,
     sends: Arc<Semaphore>,
     next_id: Arc<AtomicU64>,
+    /// Open streams per identity and pod, against their limits.
+    slots: Arc<StreamSlots>,
     /// Ends every stream (shutdown): proxies reconnect to another replica.
     stop: CancellationToken,
 }
@@ -133,12 +139,24 @@ impl Discovery {
             sends: Arc::new(Semaphore::new(config.max_concurrent_sends.max(1))),
             config: Arc::new(config),
             next_id: Arc::new(AtomicU64::new(1)),
+            slots: StreamSlots::new(StreamLimits::default()),
         }
+    }
+
+    /// The same service with other stream limits than the defaults.
+    pub fn with_limits(mut self, limits: StreamLimits) -> Self {
+        self.slots = StreamSlots::new(limits);
+        self
+    }
+
+    /// Open config streams of a SPIFFE identity (tests, debugging).
+    pub fn open_streams(&self, identity: &str) -> usize {
+        self.slots.open(identity)
     }
 
     pub fn into_server(self) -> ConfigDiscoveryServer<Self> {
         ConfigDiscoveryServer::new(self)
-            .max_decoding_message_size(4 << 20)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(64 << 20)
     }
 
@@ -160,6 +178,13 @@ impl Discovery {
         )
         .map_err(|e| Status::invalid_argument(format!("hello: {e}")))?
         .uri();
+        if hello.pod.len() > MAX_POD_NAME_BYTES {
+            self.metrics.refused.with_label_values(&["bad_hello"]).inc();
+            return Err(Status::invalid_argument(format!(
+                "hello: the pod name is {} bytes; a Kubernetes name has at most {MAX_POD_NAME_BYTES}",
+                hello.pod.len()
+            )));
+        }
         if peer != expected {
             self.metrics
                 .refused
@@ -228,6 +253,29 @@ impl Discovery {
 
 type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
 
+impl Discovery {
+    /// The status that ends a stream whose request could not be read: a
+    /// message over [`MAX_REQUEST_BYTES`] is `RESOURCE_EXHAUSTED` (what gRPC
+    /// specifies; tonic says `OUT_OF_RANGE`) naming the limit; malformed
+    /// bytes keep their code (`INVALID_ARGUMENT` for bad protobuf,
+    /// `INTERNAL` for broken framing, as gRPC specifies).
+    fn refused_request(&self, e: Status) -> Status {
+        let label = match e.code() {
+            tonic::Code::OutOfRange => "message_too_large",
+            tonic::Code::InvalidArgument | tonic::Code::Internal => "malformed_request",
+            _ => return e,
+        };
+        self.metrics.refused.with_label_values(&[label]).inc();
+        if e.code() == tonic::Code::OutOfRange {
+            return Status::resource_exhausted(format!(
+                "request message over the limit of {MAX_REQUEST_BYTES} bytes: {}",
+                e.message()
+            ));
+        }
+        e
+    }
+}
+
 #[tonic::async_trait]
 impl ConfigDiscovery for Discovery {
     type StreamStream = ResponseStream;
@@ -243,7 +291,7 @@ impl ConfigDiscovery for Discovery {
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10 s")),
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(self.refused_request(e)),
             Ok(Ok(None)) => return Err(Status::cancelled("stream closed before the hello")),
             Ok(Ok(Some(DiscoveryRequest {
                 kind: Some(discovery_request::Kind::Hello(h)),
@@ -256,6 +304,17 @@ impl ConfigDiscovery for Discovery {
             }
         };
         let meta = self.authenticate(peer.as_deref(), &hello).await?;
+        let slot = self
+            .slots
+            .acquire(peer.as_deref().unwrap_or_default(), &meta.pod)
+            .map_err(|e| {
+                self.metrics
+                    .refused
+                    .with_label_values(&["too_many_streams"])
+                    .inc();
+                tracing::warn!(pod = %meta.pod, namespace = %meta.namespace, "config stream refused: {e}");
+                Status::resource_exhausted(e.to_string())
+            })?;
         let (tx, rx) = mpsc::channel(4);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.sync.insert(
@@ -276,7 +335,11 @@ impl ConfigDiscovery for Discovery {
             let outcome = tokio::select! {
                 r = this.serve(id, &meta, &hello.resume_version, &mut inbound, &tx) => r,
                 _ = this.stop.cancelled() => Err(Status::unavailable("the controller is shutting down")),
+                // The proxy went away (stream reset, connection closed) while
+                // the stream waited for a snapshot: free its slot now.
+                _ = tx.closed() => Ok(()),
             };
+            drop(slot);
             this.sync.remove(id);
             this.metrics.connected.dec();
             match outcome {
@@ -406,7 +469,11 @@ impl Discovery {
             // Wait for this response's ACK or NACK.
             let reply = tokio::time::timeout(ACK_TIMEOUT, async {
                 loop {
-                    match inbound.message().await? {
+                    match inbound
+                        .message()
+                        .await
+                        .map_err(|e| self.refused_request(e))?
+                    {
                         None => return Ok(None),
                         Some(DiscoveryRequest { kind: Some(k) }) => match &k {
                             discovery_request::Kind::Ack(a) if a.nonce == nonce.to_string() => {
@@ -497,6 +564,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
         .add_service(StreamService(discovery))
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop.cancelled())
         .await?;
@@ -566,9 +634,6 @@ impl tonic::codegen::Service<HttpRequest> for StreamService {
     }
 }
 
-/// Largest request message accepted (acks and hellos are small).
-const MAX_REQUEST_BYTES: usize = 4 << 20;
-
 struct RequestDecoder;
 
 impl tonic::codec::Decoder for RequestDecoder {
@@ -579,9 +644,10 @@ impl tonic::codec::Decoder for RequestDecoder {
         &mut self,
         buf: &mut tonic::codec::DecodeBuf<'_>,
     ) -> Result<Option<DiscoveryRequest>, Status> {
+        // The client's bytes are at fault, not the controller: INVALID_ARGUMENT.
         DiscoveryRequest::decode(buf)
             .map(Some)
-            .map_err(|e| Status::internal(format!("decoding the request: {e}")))
+            .map_err(|e| Status::invalid_argument(format!("malformed request message: {e}")))
     }
 }
 

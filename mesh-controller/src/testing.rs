@@ -127,6 +127,19 @@ pub fn client_config(me: &Material) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// A client TLS config presenting no certificate (and accepting any server).
+pub fn client_config_without_certificate() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
 /// A gRPC channel to the controller at `addr` over mTLS with `config`.
 pub async fn channel_with(
     addr: SocketAddr,
@@ -189,13 +202,22 @@ impl Stream {
         me: &Material,
         hello: Hello,
     ) -> Result<Stream, tonic::Status> {
+        Self::open_on(channel(addr, me).await, hello).await
+    }
+
+    /// Opens a stream with `hello` on `channel` (one connection can carry
+    /// several streams).
+    pub async fn open_on(
+        channel: tonic::transport::Channel,
+        hello: Hello,
+    ) -> Result<Stream, tonic::Status> {
         let (tx, rx) = mpsc::channel(8);
         tx.send(DiscoveryRequest {
             kind: Some(discovery_request::Kind::Hello(hello)),
         })
         .await
         .expect("the request channel is open");
-        let rx = ConfigDiscoveryClient::new(channel(addr, me).await)
+        let rx = ConfigDiscoveryClient::new(channel)
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?
             .into_inner();
