@@ -1,6 +1,8 @@
 //! Two proxies get short-lived certificates from a real mesh-ca over gRPC.
-//! The CA goes away while they carry traffic: no request fails, and when
-//! the CA returns both renew.
+//! The CA goes away for longer than a rotation interval while they carry
+//! traffic: no request fails, no proxy restarts (the same running proxies
+//! keep serving on their current certificates), and when the CA returns
+//! both renew.
 
 mod support;
 
@@ -18,7 +20,8 @@ const TOKENS: &str = r#"
 "client-token-0123456": {namespace: client, serviceAccount: frontend}
 "server-token-0123456": {namespace: server, serviceAccount: web}
 "#;
-const TTL: &str = "10s";
+/// Renewal (rotation) is due at half of it: every 10 s.
+const TTL: &str = "20s";
 
 async fn start_ca(store: &CaStore, addr: SocketAddr) -> mesh_ca::server::RunningServer {
     let authority = Authority::load_or_create(store, None).await.unwrap();
@@ -151,11 +154,18 @@ async fn traffic_survives_a_ca_outage_and_certificates_renew_when_it_returns() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // The CA goes away past the proxies' renewal time (half of 10 s).
+    // The CA goes away for 12 s, longer than a rotation interval (10 s),
+    // so the proxies' renewal time passes while it is away.
     ca.handle.abort();
     let _ = ca.handle.await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let during = failed.load(Ordering::Relaxed);
+    for first in &first_expiry {
+        assert!(
+            SystemTime::now() + Duration::from_secs(10) > *first,
+            "the outage covered the renewal time"
+        );
+    }
     for (p, first) in [&client, &server].iter().zip(&first_expiry) {
         assert_eq!(
             p.running.shared.tls.not_after().unwrap(),
