@@ -22,7 +22,8 @@ pub enum Protocol {
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How many bytes we read at most to find an HTTP/1 request line. A longer
-/// first line is treated as opaque rather than buffered without bound.
+/// first line that starts like one (`METHOD SP`) is HTTP/1, for the guard to
+/// bound (431 past 64 KiB); anything else is not buffered further.
 pub const MAX_DETECT_BYTES: usize = 8 * 1024;
 
 /// Classifies a prefix: `None` means more bytes are needed.
@@ -62,18 +63,46 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf[method_len] != b' ' {
         return Some(Protocol::Opaque);
     }
-    match buf.iter().position(|b| *b == b'\n') {
+    // Only the first MAX_DETECT_BYTES count, so that the answer for a
+    // prefix stands for every longer one.
+    let window = &buf[..buf.len().min(MAX_DETECT_BYTES)];
+    match window.iter().position(|b| *b == b'\n') {
         Some(eol) => {
             let line = &buf[..eol];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+            // A CR inside the line is an HTTP/1 request with a bare CR
+            // (`GET / HTTP/1.1\rHost: ...`): the guard refuses it, rather
+            // than it passing untouched as opaque bytes.
+            if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") || line.contains(&b'\r')
+            {
                 Some(Protocol::Http1)
             } else {
                 Some(Protocol::Opaque)
             }
         }
-        None if buf.len() >= MAX_DETECT_BYTES => Some(Protocol::Opaque),
+        // `METHOD SP` and a target this long: an HTTP/1 request with a long
+        // URL, for the guard and hyper to judge (431 past their limits).
+        None if buf.len() >= MAX_DETECT_BYTES => Some(Protocol::Http1),
         None => None,
+    }
+}
+
+/// What bytes that did not complete a decision are, when the client stops
+/// sending (detection timed out, or it half-closed). Silence is opaque (the
+/// server may speak first); the start of an HTTP/1 request line stays
+/// HTTP/1, so that a client cannot skip the framing checks by pausing
+/// mid-line; a partial HTTP/2 preface is HTTP/2.
+pub fn undecided(buf: &[u8]) -> Protocol {
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf.is_empty() {
+        Protocol::Opaque
+    } else if buf[..n] == H2_PREFACE[..n] {
+        Protocol::Http2
+    } else if is_tchar(buf[0]) {
+        // classify() leaves only `METHOD` or `METHOD SP ...` undecided.
+        Protocol::Http1
+    } else {
+        Protocol::Opaque
     }
 }
 
@@ -95,11 +124,11 @@ pub async fn detect<I: AsyncRead + Unpin>(
             return Ok((p, buf));
         }
         if buf.len() >= MAX_DETECT_BYTES {
-            return Ok((Protocol::Opaque, buf));
+            return Ok((undecided(&buf), buf));
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            // Timed out, or the client half-closed: whatever we have is opaque.
-            Err(_) | Ok(Ok(0)) => return Ok((Protocol::Opaque, buf)),
+            // Timed out, or the client half-closed.
+            Err(_) | Ok(Ok(0)) => return Ok((undecided(&buf), buf)),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
@@ -129,6 +158,26 @@ mod tests {
         assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Some(Protocol::Opaque));
         // "PRI" alone could be either; a mismatch with the preface is HTTP/1 or opaque.
         assert_eq!(classify(b"PRI"), None);
+        // A bare CR in the request line is HTTP/1's to refuse.
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\rHost: x\r\n"),
+            Some(Protocol::Http1)
+        );
+        // A long URL is still HTTP/1.
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_DETECT_BYTES));
+        assert_eq!(classify(&long), Some(Protocol::Http1));
+        long.extend(b" HTTP/1.1\r\n");
+        assert_eq!(classify(&long), Some(Protocol::Http1));
+    }
+
+    #[test]
+    fn undecided_bytes() {
+        assert_eq!(undecided(b""), Protocol::Opaque);
+        assert_eq!(undecided(b"G"), Protocol::Http1);
+        assert_eq!(undecided(b"POST /a HT"), Protocol::Http1);
+        assert_eq!(undecided(b"PRI * HTTP/2.0\r\n"), Protocol::Http2);
+        assert_eq!(undecided(&[0x16]), Protocol::Opaque);
     }
 
     #[tokio::test(start_paused = true)]

@@ -174,6 +174,9 @@ impl Scanner {
                     return Err(Reject::bad("bare LF in chunk size line"));
                 }
                 let line = &unit[..unit.len() - 2];
+                if has_ctl(line) {
+                    return Err(Reject::bad("control character in chunk size line"));
+                }
                 let size = line.split(|b| *b == b';').next().unwrap_or(&[]);
                 let size = parse_hex(size)?;
                 self.state = if size == 0 {
@@ -192,6 +195,9 @@ impl Scanner {
                 if has_bare_lf(unit) {
                     return Err(Reject::bad("bare LF in trailers"));
                 }
+                if has_ctl(&unit[..unit.len() - 2]) {
+                    return Err(Reject::bad("control character in trailers"));
+                }
                 if unit == b"\r\n" {
                     self.state = State::Head;
                 } else if unit[0] == b' ' || unit[0] == b'\t' {
@@ -206,6 +212,13 @@ impl Scanner {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Whether `b` holds a control character other than HTAB (a bare CR, NUL,
+/// DEL...): nothing a chunk line or trailer may carry, and what parsers
+/// disagree on.
+fn has_ctl(b: &[u8]) -> bool {
+    b.iter().any(|c| (*c < 0x20 && *c != b'\t') || *c == 0x7f)
 }
 
 fn has_bare_lf(b: &[u8]) -> bool {

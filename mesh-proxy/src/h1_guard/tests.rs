@@ -108,6 +108,18 @@ fn refuses_smuggling() {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
             "no CRLF after data",
         ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a\rb\r\nhello\r\n0\r\n\r\n",
+            "bare CR in chunk extension",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a\x00\r\nhello\r\n0\r\n\r\n",
+            "NUL in chunk extension",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx-t: a\rb\r\n\r\n",
+            "bare CR in trailer",
+        ),
         (b"GET / HTTP/1.1\nHost: a\r\n\r\n", "bare LF head"),
         (b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "obs-fold"),
         (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", "space in name"),
