@@ -176,6 +176,37 @@ pub async fn handle(
     let logged = access_log.then(|| (req.method().clone(), req.uri().path().to_string()));
 
     let (mut resp, dest_service, dest_workload, upstream) = match &conn.target {
+        // HTTP/1 heads are held to this count by the guard; HTTP/2 ones
+        // (bounded only in bytes by the HTTP/2 layer) are held to it here,
+        // so that no upstream gets more fields than an HTTP/1 client could
+        // send.
+        _ if req.headers().len() > crate::h1_guard::MAX_HEADERS => (
+            local_reply(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too-many-headers",
+                format!(
+                    "mesh-proxy: more than {} header fields",
+                    crate::h1_guard::MAX_HEADERS
+                ),
+                grpc,
+            ),
+            "unknown".to_string(),
+            "unknown".to_string(),
+            None,
+        ),
+        // The proxy tunnels nothing: a CONNECT sent on would leave the
+        // client believing in a tunnel that is not there.
+        _ if req.method() == http::Method::CONNECT => (
+            local_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "connect",
+                "mesh-proxy: CONNECT is not supported".into(),
+                grpc,
+            ),
+            "unknown".to_string(),
+            "unknown".to_string(),
+            None,
+        ),
         Target::Service { name, port } => {
             // Boxed: the routing future is large, and hyper moves the
             // per-request future into a task; a pointer moves cheaply.
@@ -201,6 +232,17 @@ pub async fn handle(
             )
         }
     };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Upgrade is hop-by-hop and never offered upstream, so a 101 is the
+        // upstream breaking protocol; passed on, the client would take the
+        // connection for a tunnel.
+        resp = local_reply(
+            StatusCode::BAD_GATEWAY,
+            "upstream-protocol",
+            "mesh-proxy: the upstream switched protocols unasked".into(),
+            grpc,
+        );
+    }
     *resp.version_mut() = downstream_version;
     strip_hop_by_hop(resp.headers_mut());
 
@@ -1011,14 +1053,16 @@ async fn forward(
             parts.version = Version::HTTP_11;
             if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
                 // HTTP/1 upstream: origin-form target, authority in Host.
-                if !parts.headers.contains_key(header::HOST) {
-                    if let Some(v) = parts
-                        .uri
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    {
-                        parts.headers.insert(header::HOST, v);
-                    }
+                // The URI's authority wins over a Host header (RFC 9112
+                // 3.2.2; HTTP/2's :authority likewise), as it did for
+                // routing and authorization: the upstream must get the
+                // host that was decided on, not a Host sent alongside.
+                let authority = parts.uri.authority().map(|a| match a.port() {
+                    Some(p) => format!("{}:{p}", a.host()),
+                    None => a.host().to_string(),
+                });
+                if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+                    parts.headers.insert(header::HOST, v);
                 }
                 let mut p = http::uri::Parts::default();
                 p.path_and_query = parts.uri.path_and_query().cloned();
