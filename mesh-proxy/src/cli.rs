@@ -75,6 +75,12 @@ pub struct RunArgs {
     #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How long a client may take to send a whole HTTP/1 request head, and
+    /// how long a keep-alive connection may sit idle between requests,
+    /// before the proxy closes it (slowloris protection).
+    #[arg(long, env = "MESH_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// Workload name used as the source label in metrics.
     #[arg(long, env = "MESH_WORKLOAD", default_value = "unknown")]
     pub workload: String,
@@ -348,6 +354,14 @@ mod tests {
         assert_eq!(l.port, 80);
         assert!(parse_explicit("127.0.0.1:1=svc").is_err());
         assert!(parse_explicit("nope=svc:80").is_err());
+    }
+
+    #[test]
+    fn header_read_timeout_defaults_to_the_constant() {
+        let Command::Run(args) = Cli::parse_from(["mesh-proxy", "run"]).command else {
+            unreachable!()
+        };
+        assert_eq!(args.header_read_timeout, crate::HEADER_READ_TIMEOUT);
     }
 
     #[test]

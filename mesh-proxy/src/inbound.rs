@@ -141,7 +141,9 @@ pub async fn serve(
         };
         let acceptor =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), &mut rec);
-        let start = match tokio::time::timeout(detect_timeout * 5, acceptor).await {
+        // Every stage after detection is boxed, so that a connection still
+        // being detected (or idle) holds only the small detection state.
+        let start = match tokio::time::timeout(detect_timeout * 5, Box::pin(acceptor)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 // Not a ClientHello we can read: never guess, refuse in
@@ -151,7 +153,7 @@ pub async fn serve(
                     return Ok(());
                 }
                 let (replay, stream) = rec.into_replay();
-                return passthrough(&shared, stream, replay, dst).await;
+                return Box::pin(passthrough(&shared, stream, replay, dst)).await;
             }
             Err(_) => {
                 refuse(&shared, "TLS ClientHello timed out", client);
@@ -172,7 +174,7 @@ pub async fn serve(
                 );
                 return Ok(());
             };
-            let mut tls = match start.into_stream(config).await {
+            let mut tls = match Box::pin(start.into_stream(config)).await {
                 Ok(t) => t,
                 Err(e) => {
                     refuse(&shared, &format!("mTLS handshake failed: {e}"), client);
@@ -190,14 +192,14 @@ pub async fn serve(
                 .map(Into::into);
             let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
             if alpn.as_deref() == Some(ALPN_H2) {
-                return crate::serve_http2(shared, tls, plain(peer), stop).await;
+                return Box::pin(crate::serve_http2(shared, tls, plain(peer), stop)).await;
             }
             if !tcp_allowed(&shared, peer.as_deref(), dst.port()) {
                 refuse(&shared, "denied by authorization policy", client);
                 return Ok(());
             }
             let workload = labels(&shared);
-            return tcp::proxy(
+            return Box::pin(tcp::proxy(
                 &shared,
                 tls,
                 BytesMut::new(),
@@ -209,7 +211,7 @@ pub async fn serve(
                     destination_service: &workload,
                     destination_workload: &workload,
                 },
-            )
+            ))
             .await;
         }
         // The app's own TLS from a client outside the mesh.
@@ -219,7 +221,7 @@ pub async fn serve(
             return Ok(());
         }
         let (replay, stream) = rec.into_replay();
-        return passthrough(&shared, stream, replay, dst).await;
+        return Box::pin(passthrough(&shared, stream, replay, dst)).await;
     }
 
     if mode == PeerAuthMode::Strict {
@@ -228,11 +230,15 @@ pub async fn serve(
     }
     let io = pio::PrefixedIo::new(prefix, stream);
     match proto {
-        detect::Protocol::Http1 => crate::serve_http1(shared, io, plain(None), stop).await,
-        detect::Protocol::Http2 => crate::serve_http2(shared, io, plain(None), stop).await,
+        detect::Protocol::Http1 => {
+            Box::pin(crate::serve_http1(shared, io, plain(None), stop)).await
+        }
+        detect::Protocol::Http2 => {
+            Box::pin(crate::serve_http2(shared, io, plain(None), stop)).await
+        }
         _ => {
             let (prefix, stream) = io.into_parts();
-            passthrough(&shared, stream, prefix, dst).await
+            Box::pin(passthrough(&shared, stream, prefix, dst)).await
         }
     }
 }

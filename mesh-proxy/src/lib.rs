@@ -62,11 +62,37 @@ use model::{ConfigError, MeshState};
 /// polling one small file is cheap and always right.
 pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Time allowed to read an HTTP/1 request head (slowloris protection).
+/// Time allowed to read an HTTP/1 request head (slowloris protection). hyper
+/// starts the clock when it starts waiting for a head, so it also closes
+/// keep-alive connections idle this long. 30 s: well above any real client's
+/// pause between requests, short enough that a slowloris client holds its
+/// (small, see `docs/reliability.md`) connection state briefly.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Concurrent streams a downstream HTTP/2 connection may open.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Streams a downstream HTTP/2 client may reset before the proxy has even
+/// accepted them, before the connection is closed with GOAWAY
+/// (ENHANCE_YOUR_CALM): the "rapid reset" flood of CVE-2023-44487, where
+/// each such stream would cost an upstream request. 20 (h2's own default):
+/// a real client cancels streams it has waited on, not ones it opened a
+/// moment ago by the thousand.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// Streams the proxy may reset because of a downstream client's protocol
+/// errors before it closes the connection (the "MadeYouReset" pattern,
+/// CVE-2025-8671: malformed frames that make the server reset, to the same
+/// effect as a rapid reset). 1024 (h2's default, as many as
+/// [`MAX_CONCURRENT_STREAMS`]): far more than a buggy client produces.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// Response data the proxy buffers per downstream HTTP/2 stream before it
+/// stops pulling from the upstream (h2's default is 400 KiB). A client that
+/// opens every stream and never reads makes the proxy hold at most
+/// `MAX_CONCURRENT_STREAMS` times this (64 MiB) on its connection; 64 KiB is
+/// four full frames, enough to keep the socket busy.
+pub const H2_MAX_SEND_BUF_SIZE: usize = 64 * 1024;
 
 /// The workload this proxy belongs to.
 #[derive(Debug, Clone, Default)]
@@ -99,6 +125,9 @@ pub struct Shared {
     pub needs_identity: bool,
     /// The app's kubelet probes, run on the kubelet's behalf.
     pub app_probes: app_health::AppProbes,
+    /// Time allowed for an HTTP/1 request head, and for an idle keep-alive
+    /// connection ([`HEADER_READ_TIMEOUT`] unless `--header-read-timeout`).
+    pub header_read_timeout: Duration,
 }
 
 impl Shared {
@@ -218,6 +247,7 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         config_applied: tokio::sync::Notify::new(),
         needs_identity: args.ca_addr.is_some(),
         app_probes,
+        header_read_timeout: args.header_read_timeout,
     });
     if let Some(cfg) = initial {
         shared.apply(cfg).map_err(|e| {
@@ -374,6 +404,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(
         outbound = ?running.outbound_addr,
         inbound = ?running.inbound_addr,
+        listen = ?running.explicit_addrs,
         admin = %running.admin_addr,
         metrics = %running.metrics_addr,
         "mesh-proxy started"
@@ -489,7 +520,10 @@ async fn serve_connection(
                 tracing::debug!(%client, "inbound connection with no destination; closing");
                 return Ok(());
             };
-            return inbound::serve(shared, stream, client, dst, stop).await;
+            // Boxed, as every stage after detection below: a connection
+            // still being detected (or idle) holds only the small
+            // detection state, not room for the largest stage.
+            return Box::pin(inbound::serve(shared, stream, client, dst, stop)).await;
         }
         Listener::Explicit { service, port } => Target::Service {
             name: service,
@@ -511,7 +545,7 @@ async fn serve_connection(
                 None => {
                     // Unknown destinations pass through untouched, as plain TCP.
                     let name = dst.ip().to_string();
-                    return tcp::proxy(
+                    return Box::pin(tcp::proxy(
                         &shared,
                         stream,
                         Default::default(),
@@ -523,7 +557,7 @@ async fn serve_connection(
                             destination_service: &name,
                             destination_workload: "unknown",
                         },
-                    )
+                    ))
                     .await;
                 }
             }
@@ -551,8 +585,8 @@ async fn serve_connection(
     });
     let io = io::PrefixedIo::new(prefix, stream);
     match proto {
-        detect::Protocol::Http1 => serve_http1(shared, io, info, stop).await,
-        detect::Protocol::Http2 => serve_http2(shared, io, info, stop).await,
+        detect::Protocol::Http1 => Box::pin(serve_http1(shared, io, info, stop)).await,
+        detect::Protocol::Http2 => Box::pin(serve_http2(shared, io, info, stop)).await,
         detect::Protocol::Tls | detect::Protocol::Opaque => {
             let Target::Service { name, port } = &info.target else {
                 unreachable!()
@@ -563,7 +597,7 @@ async fn serve_connection(
                 return Ok(());
             };
             let (prefix, stream) = io.into_parts();
-            tcp::proxy(
+            Box::pin(tcp::proxy(
                 &shared,
                 stream,
                 prefix,
@@ -575,7 +609,7 @@ async fn serve_connection(
                     destination_service: name,
                     destination_workload: &workload,
                 },
-            )
+            ))
             .await
         }
     }
@@ -642,11 +676,15 @@ where
             .with_label_values(&[direction.as_str(), &r.status.to_string()])
             .inc();
     });
+    let header_read_timeout = shared.header_read_timeout;
     let svc = proxy_service(shared, info);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
         .max_buf_size(h1_guard::MAX_HEAD_BYTES * 2)
+        // The guard's count, so that the two never disagree (hyper's own
+        // default is 100).
+        .max_headers(h1_guard::MAX_HEADERS)
         .serve_connection(TokioIo::new(io), svc);
     until_drained(conn, stop, |c| c.graceful_shutdown()).await
 }
@@ -665,6 +703,11 @@ where
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_send_buf_size(H2_MAX_SEND_BUF_SIZE)
+        // The same 64 KiB as an HTTP/1 head (RFC 9113 6.5.2 size: names,
+        // values and 32 bytes each); bigger lists are refused by h2.
         .max_header_list_size(h1_guard::MAX_HEAD_BYTES as u32)
         .initial_stream_window_size(pool::H2_STREAM_WINDOW)
         .initial_connection_window_size(pool::H2_CONN_WINDOW)
