@@ -2,6 +2,9 @@
 //! a proxy started from a YAML config.
 #![allow(dead_code)]
 
+pub mod h2raw;
+pub mod recorder;
+
 pub mod netns;
 
 use std::collections::HashMap;
@@ -288,4 +291,33 @@ where
             m
         })
         .await
+}
+
+/// Sends raw bytes on a new connection and reads until the proxy closes it
+/// (or `timeout`): the whole answer.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: std::time::Duration) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// How many HTTP/1 responses (status lines at the start of a line) a raw
+/// answer holds.
+pub fn count_responses(answer: &str) -> usize {
+    let status_line = |l: &str| {
+        (l.starts_with("HTTP/1.1 ") || l.starts_with("HTTP/1.0 "))
+            && l.as_bytes()
+                .get(9..12)
+                .is_some_and(|c| c.iter().all(u8::is_ascii_digit))
+    };
+    // A body may end without a newline right before the next status line.
+    answer
+        .split('\n')
+        .map(|l| {
+            l.find("HTTP/1.")
+                .map_or(0, |i| usize::from(status_line(&l[i..])))
+        })
+        .sum()
 }
