@@ -643,9 +643,13 @@ async fn routed(
                 headers: Some(&head.headers),
                 source_ip: Some(conn.client.ip()),
             };
-            // Ejected endpoints are skipped (outlier detection).
+            // Ejected endpoints are skipped (outlier detection); when every
+            // endpoint is ejected they are all tried anyway (Envoy's panic
+            // mode): an endpoint that may have recovered beats a certain 503.
             let now = std::time::Instant::now();
-            let first = balancer.pick(&ctx, |e| !e.outlier.is_ejected(now));
+            let first = balancer
+                .pick(&ctx, |e| !e.outlier.is_ejected(now))
+                .or_else(|| balancer.pick(&ctx, |_| true));
             match (first, last_endpoint) {
                 (Some(e), Some(prev)) if e.addr == prev && balancer.endpoints().len() > 1 => {
                     balancer

@@ -571,8 +571,23 @@ async fn serve_connection(
         .and_then(|i| state.service(i).protocol(*port));
     let opaque = state.settings.opaque_ports.contains(port)
         || matches!(declared, Some(model::Protocol::Tcp | model::Protocol::Tls));
+    let http_declared = matches!(
+        declared,
+        Some(model::Protocol::Http1 | model::Protocol::Http2 | model::Protocol::Grpc)
+    );
     let (proto, prefix) = if opaque {
         (detect::Protocol::Opaque, Default::default())
+    } else if http_declared {
+        // A port declared HTTP speaks HTTP: detection only tells HTTP/1
+        // from HTTP/2, and a client slow to send its first bytes (a busy
+        // node) is waited for up to the header read timeout rather than
+        // passed through as opaque TCP, which would skip routing, retries
+        // and policy for the whole connection. Bytes that are not HTTP get
+        // HTTP/1's 400. TLS passes as TLS.
+        match detect::detect(&mut stream, shared.header_read_timeout).await? {
+            (detect::Protocol::Opaque, buf) => (detect::Protocol::Http1, buf),
+            other => other,
+        }
     } else {
         detect::detect(&mut stream, state.settings.detect_timeout).await?
     };

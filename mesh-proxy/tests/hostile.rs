@@ -261,3 +261,29 @@ async fn drain_finishes_in_flight_requests() {
     assert!(resp.ends_with("slow"), "{resp}");
     p.running.wait().await;
 }
+
+/// On a port declared HTTP a client slow to send its first bytes (longer
+/// than the detection timeout, as on a busy node) is still proxied as HTTP,
+/// routes and all, not passed through as opaque TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_on_a_declared_http_port_is_still_routed() {
+    let http = http_backend("ok").await;
+    let yaml = format!(
+        "settings:\n  detectTimeoutMs: 100\nservices:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints: [{{address: \"127.0.0.1\", ports: {{\"80\": {}}}}}]\n    httpRoutes:\n      - name: all\n        destinations: [{{destination: {{service: web}}}}]\n        responseHeaders: {{set: {{x-routed: \"yes\"}}}}\n",
+        http.port()
+    );
+    let p = start_proxy(&yaml, &["web:80"], &[]).await;
+    let mut s = TcpStream::connect(p.listener(0)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("x-routed: yes"),
+        "routed, not passed through: {out}"
+    );
+    p.running.shutdown().await;
+}
