@@ -29,6 +29,56 @@ mod checks;
 #[cfg(test)]
 mod tests;
 
+/// Fuzzing entry point: `data` is a YAML (or JSON) stream of mesh
+/// resources, as `kubectl apply -f`, `meshctl` and the controller's local
+/// mode read them. Parsing and validation never panic, validation is
+/// deterministic and names a field and a problem for every error, and a
+/// resource that passes validation is one the API server can store: it
+/// survives the trip through JSON unchanged and still passes.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_logic(data: &[u8]) {
+    use serde::{de::DeserializeOwned, Serialize};
+
+    fn via_json<T: Serialize + DeserializeOwned>(r: &T) -> T {
+        let json = serde_json::to_string(r).expect("a valid resource serialises to JSON");
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(resources) = crate::parse_yaml(text) else {
+        return;
+    };
+    let mut set = ResourceSet::default();
+    for r in resources {
+        let errors = validate_resource(&r);
+        assert_eq!(errors, validate_resource(&r), "validation is deterministic");
+        for e in &errors {
+            assert!(!e.field.is_empty() && !e.message.is_empty(), "{e:?}");
+        }
+        if errors.is_empty() {
+            let back = match &r {
+                MeshResource::VirtualService(x) => MeshResource::VirtualService(via_json(x)),
+                MeshResource::DestinationRule(x) => MeshResource::DestinationRule(via_json(x)),
+                MeshResource::ServiceEntry(x) => MeshResource::ServiceEntry(via_json(x)),
+                MeshResource::Gateway(x) => MeshResource::Gateway(via_json(x)),
+                MeshResource::PeerAuthentication(x) => {
+                    MeshResource::PeerAuthentication(via_json(x))
+                }
+                MeshResource::AuthorizationPolicy(x) => {
+                    MeshResource::AuthorizationPolicy(via_json(x))
+                }
+            };
+            assert_eq!(back, r, "changed on the way through JSON");
+            assert_eq!(validate_resource(&back), []);
+        }
+        set.push(r);
+    }
+    for e in validate_set(&set) {
+        assert!(!e.field.is_empty() && !e.message.is_empty(), "{e:?}");
+    }
+}
+
 use checks::*;
 
 /// Kubernetes cluster DNS domain that short service names are completed with.

@@ -88,3 +88,45 @@ fn mutual_origination_needs_both_files_and_only_mutual_takes_them() {
             .contains("clientCertificate: \"tls.crt\" must be an absolute path")
     );
 }
+
+#[test]
+fn fuzz_logic_smoke() {
+    let examples = [
+        include_str!("../../testdata/good/networking.yaml"),
+        include_str!("../../testdata/good/security.yaml"),
+    ];
+    for text in examples {
+        super::fuzz_logic(text.as_bytes());
+        for doc in text.split("\n---") {
+            super::fuzz_logic(doc.as_bytes());
+            for (from, to) in [
+                (": ", ": -"),
+                ("80", "99999"),
+                ("s\n", "\n"),
+                ("- ", "- []"),
+            ] {
+                super::fuzz_logic(doc.replacen(from, to, 1).as_bytes());
+            }
+        }
+        for cut in (0..text.len()).step_by(211) {
+            super::fuzz_logic(&text.as_bytes()[..cut]);
+        }
+    }
+    super::fuzz_logic(b"apiVersion: networking.mesh.dev/v1\nkind: VirtualService\n");
+    super::fuzz_logic(b"\xff");
+}
+
+#[test]
+fn fuzz_regressions_replay() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/crd_validation"
+    );
+    for entry in std::fs::read_dir(dir).expect(dir) {
+        let path = entry.expect(dir).path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.starts_with('.') && !name.ends_with(".md") {
+            super::fuzz_logic(&std::fs::read(&path).expect("regression input"));
+        }
+    }
+}
