@@ -166,5 +166,44 @@ pub fn new_workload_csr(
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// Fuzzing entry point: `data` is a CSR as a workload sends it (PEM text
+/// when it starts with `-----BEGIN`, else DER, wrapped in PEM here). The
+/// identity the caller's token proves is fixed. Checking never panics, and a
+/// CSR that is accepted is signed, into a leaf whose only SAN is exactly that
+/// identity, whatever the CSR asked for.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_logic(data: &[u8]) {
+    use std::sync::OnceLock;
+
+    use crate::authority::{pem_encode, Authority};
+
+    static CA: OnceLock<Authority> = OnceLock::new();
+    let identity = WorkloadIdentity::new("cluster.local", "default", "web").expect("identity");
+    let pem = if data.starts_with(b"-----BEGIN") {
+        String::from_utf8_lossy(data).into_owned()
+    } else {
+        pem_encode("CERTIFICATE REQUEST", data)
+    };
+    if check_csr(&pem, &identity).is_err() {
+        return;
+    }
+    let ca = CA.get_or_init(|| Authority::generate().expect("a test CA"));
+    let leaf = ca
+        .sign(&identity, &pem, std::time::Duration::from_secs(3600))
+        .expect("an accepted CSR is signed");
+    let der = single_pem_block(&leaf.cert_chain_pem[0], "CERTIFICATE").expect("leaf PEM");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("leaf DER");
+    let san = cert
+        .subject_alternative_name()
+        .expect("one SAN extension")
+        .expect("a SAN extension");
+    let want = identity.uri();
+    assert_eq!(
+        san.value.general_names,
+        [GeneralName::URI(want.as_str())],
+        "the leaf names exactly the caller's identity"
+    );
+}
+
 #[cfg(test)]
 mod tests;

@@ -115,6 +115,45 @@ fn x509_pem(label: &str, der: &[u8]) -> String {
 }
 
 #[test]
+fn fuzz_logic_smoke() {
+    let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+    let uri = |s: &str| rcgen::SanType::URI(s.try_into().unwrap());
+    let me = id("web").uri();
+    let pems = [
+        new_workload_csr(None).unwrap().1,
+        new_workload_csr(Some(&id("web"))).unwrap().1,
+        new_workload_csr(Some(&id("admin"))).unwrap().1,
+        csr_with(vec![uri(&me), uri(&me)], alg),
+        csr_with(vec![], &rcgen::PKCS_ECDSA_P384_SHA384),
+    ];
+    for pem in &pems {
+        fuzz_logic(pem.as_bytes());
+        let der = single_pem_block(pem, "CERTIFICATE REQUEST").unwrap();
+        fuzz_logic(&der);
+        for cut in (0..der.len()).step_by(5) {
+            fuzz_logic(&der[..cut]);
+        }
+        for i in (0..der.len()).step_by(3) {
+            let mut bad = der.clone();
+            bad[i] ^= 0x41;
+            fuzz_logic(&bad);
+        }
+    }
+}
+
+#[test]
+fn fuzz_regressions_replay() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/csr");
+    for entry in std::fs::read_dir(dir).expect(dir) {
+        let path = entry.expect(dir).path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.starts_with('.') && !name.ends_with(".md") {
+            fuzz_logic(&std::fs::read(&path).expect("regression input"));
+        }
+    }
+}
+
+#[test]
 fn refuses_a_request_to_be_a_ca() {
     let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
     let with = |f: &dyn Fn(&mut rcgen::CertificateParams)| {
