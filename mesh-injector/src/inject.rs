@@ -142,6 +142,10 @@ pub enum InjectError {
     /// The pod has no `spec`.
     #[error("pod has no spec")]
     NoSpec,
+    /// The pod has no containers (the API server refuses such a pod; the
+    /// patch, which inserts before the first container, could not apply).
+    #[error("pod has no containers")]
+    NoContainers,
     /// The pod already uses a name the injector needs.
     #[error("pod already has a {kind} named {name:?}, which the mesh injector needs; rename it or opt the pod out with mesh.dev/inject: \"false\"")]
     NameConflict {
@@ -206,6 +210,9 @@ pub fn inject(
         Some(true) => {}
         None if ns.injection_enabled() => {}
         None => return Ok(Decision::Skip(SkipReason::NotSelected)),
+    }
+    if spec.containers.is_empty() {
+        return Err(InjectError::NoContainers);
     }
 
     let settings = PodSettings::from_annotations(annotations)?;

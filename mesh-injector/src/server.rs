@@ -220,7 +220,17 @@ impl AdmissionHandler {
             .as_deref()
             .or(pod.metadata.generate_name.as_deref())
             .unwrap_or_default();
-        match inject(&pod, &ns, &self.config, self.native_sidecars) {
+        // The API server applies the patch to the object as it sent it,
+        // which our typed reading can differ from (a field left out): a
+        // patch that would not apply is a denial with the reason here,
+        // not an internal error there.
+        let decision = inject(&pod, &ns, &self.config, self.native_sidecars).and_then(|d| {
+            if let Decision::Inject(patch) = &d {
+                json_patch::patch(&mut object.clone(), &patch.0)?;
+            }
+            Ok(d)
+        });
+        match decision {
             Ok(Decision::Inject(patch)) => {
                 tracing::debug!(uid = %req.uid, namespace = %namespace, pod = %pod_name, ops = patch.0.len(), "injected");
                 let json = serde_json::to_vec(&patch)
@@ -372,6 +382,64 @@ pub async fn serve(
         tokio::spawn(async move { connection(acceptor, tcp, peer, app).await });
     }
 }
+
+/// Fuzzing entry point: `data` is a request body posted to `/inject`.
+/// Answering never panics; the answer is an AdmissionReview for the same
+/// uid; a patch applies to the object exactly as the API server holds it
+/// (the request's JSON, not our typed reading of it) and gives a valid Pod;
+/// and the webhook, called again on the patched pod (`reinvocationPolicy:
+/// IfNeeded`), patches nothing. An even-length body is answered as on a
+/// cluster with native sidecars, an odd one as on an older cluster.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_logic(data: &[u8]) {
+    use std::sync::OnceLock;
+
+    static HANDLERS: OnceLock<[AdmissionHandler; 2]> = OnceLock::new();
+    let handlers = HANDLERS.get_or_init(|| {
+        [true, false].map(|native| AdmissionHandler::new(InjectorConfig::default(), native))
+    });
+    let handler = &handlers[data.len() % 2];
+    let Ok((outcome, out)) = handler.review(data) else {
+        return;
+    };
+    let answer: serde_json::Value = serde_json::from_slice(&out).expect("the answer is JSON");
+    // (serde_json's Value refuses numbers like 1e400 that the review's
+    // ignored fields may hold.)
+    let Ok(review) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    assert_eq!(answer["apiVersion"], ADMISSION_API_VERSION);
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    let Some(patch) = answer["response"]["patch"].as_str() else {
+        assert_ne!(outcome, Outcome::Injected, "injected without a patch");
+        return;
+    };
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let patch = BASE64.decode(patch).expect("the patch is base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("the patch is JSON");
+    let mut object = review["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch.0).unwrap_or_else(|e| {
+        panic!("the patch does not apply to the pod as sent: {e}\n{patch:?}\n{object}")
+    });
+    let patched: Pod = serde_json::from_value(object.clone()).expect("the patched pod is a Pod");
+    assert!(patched.spec.is_some());
+    // The API server calls the webhook again after other webhooks: the
+    // injected pod is left as it is.
+    let mut again = review;
+    again["request"]["object"] = object;
+    let again = serde_json::to_vec(&again).expect("a review");
+    let (_, out) = handler.review(&again).expect("the patched review is read");
+    let answer: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    assert!(
+        answer["response"]["patch"].is_null(),
+        "injected twice: {}",
+        answer["response"]
+    );
+}
+
+#[cfg(test)]
+mod tests;
 
 async fn connection(
     acceptor: tokio_rustls::TlsAcceptor,
