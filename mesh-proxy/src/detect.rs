@@ -50,15 +50,13 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     }
     // HTTP/1: METHOD SP target SP HTTP/1.x CRLF
     let method_len = buf.iter().take_while(|b| is_tchar(**b)).count();
-    if method_len == 0 {
+    // No method is this long: opaque, with or without the space after it
+    // (deciding only without would depend on where a read ended).
+    if method_len == 0 || method_len > 32 {
         return Some(Protocol::Opaque);
     }
     if method_len == buf.len() {
-        return if method_len > 32 {
-            Some(Protocol::Opaque)
-        } else {
-            None
-        };
+        return None;
     }
     if buf[method_len] != b' ' {
         return Some(Protocol::Opaque);
@@ -135,9 +133,117 @@ pub async fn detect<I: AsyncRead + Unpin>(
     }
 }
 
+/// Fuzzing entry point: `data` is what a client sends first. What
+/// [`detect`] decides must not depend on how those bytes were split into
+/// reads (all at once, byte by byte, or in uneven pieces), and the bytes
+/// it hands back for replay are exactly a prefix of what was sent.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_logic(data: &[u8]) {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// The client: `data` in reads of the sizes `sizes` yields, then EOF.
+    struct Client<'a, I> {
+        data: &'a [u8],
+        sizes: I,
+    }
+    impl<I: Iterator<Item = usize> + Unpin> AsyncRead for Client<'_, I> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let want = self.sizes.next().unwrap_or(usize::MAX).max(1);
+            let n = want.min(self.data.len()).min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+    }
+    let run = |sizes: &mut dyn Iterator<Item = usize>| -> Protocol {
+        let sizes: Vec<usize> = sizes.take(data.len() + 1).collect();
+        let mut client = Client {
+            data,
+            sizes: sizes.into_iter(),
+        };
+        let (p, buf) = RT
+            .with(|rt| rt.block_on(detect(&mut client, Duration::from_secs(3600))))
+            .expect("reads do not fail");
+        assert!(
+            buf.len() <= data.len(),
+            "claimed {} of {} bytes",
+            buf.len(),
+            data.len()
+        );
+        assert_eq!(
+            buf[..],
+            data[..buf.len()],
+            "replay differs from what was read"
+        );
+        p
+    };
+    let whole = run(&mut std::iter::once(usize::MAX));
+    let bytewise = run(&mut std::iter::repeat(1));
+    let uneven = run(&mut data.iter().map(|b| usize::from(*b % 64) + 1));
+    assert_eq!(whole, bytewise, "all at once vs byte by byte");
+    assert_eq!(whole, uneven, "all at once vs uneven reads");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzz_logic_smoke() {
+        let seeds: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            H2_PREFACE,
+            b"PRI * HTTP/1.1\r\n",
+            b"\x16\x03\x01\x00\x05hello",
+            b"SSH-2.0-OpenSSH\r\n",
+            b"",
+        ];
+        for s in seeds {
+            fuzz_logic(s);
+        }
+        let mut x = 0x2545_f491_u32;
+        for len in 0..300 {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    b"GET /HTP1.\r\n \x16\x03"[(x % 14) as usize]
+                })
+                .collect();
+            fuzz_logic(&data);
+        }
+        // A request line longer than the detection window, sent at once.
+        let mut long = b"GET /".to_vec();
+        long.resize(MAX_DETECT_BYTES + 10, b'a');
+        long.extend_from_slice(b" HTTP/1.1\r\n");
+        fuzz_logic(&long);
+        // A method longer than any: opaque whether the space came with it.
+        fuzz_logic(b"SS-2.OpenSSH_9.6F-.OpenSSHF-PRI2R ");
+    }
+
+    #[test]
+    fn fuzz_regressions_replay() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/detect");
+        for entry in std::fs::read_dir(dir).expect(dir) {
+            let path = entry.expect(dir).path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if !name.starts_with('.') && !name.ends_with(".md") {
+                fuzz_logic(&std::fs::read(&path).expect("regression input"));
+            }
+        }
+    }
 
     #[test]
     fn classifies() {
