@@ -61,6 +61,10 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+            // Two hex digits exactly (from_str_radix alone takes "+1").
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(PathError::BadEscape);
+            }
             let s = std::str::from_utf8(hex).map_err(|_| PathError::BadEscape)?;
             let v = u8::from_str_radix(s, 16).map_err(|_| PathError::BadEscape)?;
             match v {
@@ -73,8 +77,10 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
             }
             i += 3;
         } else {
-            decoded.push(bytes[i] as char);
-            i += 1;
+            // A whole character: UTF-8 paths pass through unchanged.
+            let c = path[i..].chars().next().ok_or(PathError::BadEscape)?;
+            decoded.push(c);
+            i += c.len_utf8();
         }
     }
     let trailing = decoded.ends_with('/') && decoded.len() > 1;
@@ -250,6 +256,11 @@ mod tests {
         assert_eq!(normalize_path("/admin%23x"), Err(PathError::Fragment));
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("/a%2"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("/a%+1"), Err(PathError::BadEscape));
+        assert_eq!(
+            normalize_path("/caf%C3%A9/é/🍕").unwrap(),
+            "/caf%C3%A9/é/🍕"
+        );
     }
 
     fn policy(action: i32, rule: serde_json::Value) -> pb::AuthorizationPolicy {

@@ -166,9 +166,188 @@ impl RequestMatcher {
     }
 }
 
+/// Fuzzing entry point: route matching and the normalization of request
+/// paths and hosts. `data` is up to three lines: a request target
+/// (`/path?query`), a route condition (`HttpMatch` in its JSON mapping,
+/// or any text, used as an exact and a prefix match), and a `Host` value.
+///
+/// Checked: a normalized path is a fixed point of the normalization, has no
+/// empty, `.` or `..` segment, no backslash, no encoded slash or backslash
+/// and no encoded unreserved character, and can be put back into the
+/// request (the inbound side forwards it); host normalization is a fixed
+/// point too; a route condition on the path means exactly what it says
+/// (exact, prefix, anchored regex), on the raw and on the normalized path.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_logic(data: &[u8]) {
+    use crate::authz::normalize_path;
+
+    let mut lines = data.splitn(3, |b| *b == b'\n');
+    let target = lines.next().unwrap_or_default();
+    let condition = lines.next().unwrap_or_default();
+    let host = String::from_utf8_lossy(lines.next().unwrap_or_default());
+
+    // Normalization must cope with any text, not only what hyper accepts,
+    // and refuse any `%` that does not start an escape.
+    let text = String::from_utf8_lossy(target);
+    if let Ok(n) = normalize_path(&text) {
+        check_normalized(&n);
+        let b = text.as_bytes();
+        for (i, _) in text.match_indices('%') {
+            let hex = b.get(i + 1..i + 3).unwrap_or_default();
+            assert!(
+                hex.len() == 2 && hex.iter().all(u8::is_ascii_hexdigit),
+                "bad escape accepted in {text:?}"
+            );
+        }
+    }
+    let h = crate::model::normalize_host(&host);
+    assert_eq!(crate::model::normalize_host(&h), h, "host {host:?}");
+    assert!(
+        !h.ends_with('.') && !h.bytes().any(|b| b.is_ascii_uppercase()),
+        "{h:?}"
+    );
+
+    // What the proxy sees: a request target hyper parsed.
+    let Ok(uri) = http::uri::PathAndQuery::try_from(target) else {
+        return;
+    };
+    let normalized = normalize_path(uri.path());
+    if let Ok(n) = &normalized {
+        check_normalized(n);
+        // The inbound side forwards the normalized path: it must parse.
+        let pq = match uri.query() {
+            Some(q) => format!("{n}?{q}"),
+            None => n.clone(),
+        };
+        assert!(
+            http::uri::PathAndQuery::try_from(pq.as_str()).is_ok(),
+            "normalized {n:?} (from {:?}) cannot be forwarded",
+            uri.path()
+        );
+    }
+
+    let conditions: Vec<pb::HttpMatch> = match serde_json::from_slice::<pb::HttpMatch>(condition) {
+        Ok(m) => vec![m],
+        Err(_) => {
+            let text = String::from_utf8_lossy(condition).into_owned();
+            use pb::string_match::Kind;
+            [Kind::Exact(text.clone()), Kind::Prefix(text)]
+                .into_iter()
+                .map(|k| pb::HttpMatch {
+                    uri: Some(pb::StringMatch { kind: Some(k) }),
+                    ..Default::default()
+                })
+                .collect()
+        }
+    };
+    let method = http::Method::GET;
+    let headers = http::HeaderMap::new();
+    let labels = BTreeMap::new();
+    for m in &conditions {
+        let Ok(compiled) = RequestMatcher::compile(m, "fuzz") else {
+            continue;
+        };
+        let paths = std::iter::once(uri.path()).chain(normalized.as_deref().ok());
+        for path in paths {
+            let info = RequestInfo {
+                path,
+                query: uri.query(),
+                method: &method,
+                headers: &headers,
+                port: 80,
+                source_labels: &labels,
+            };
+            let matched = compiled.matches(&info);
+            // Only the path condition: the decision is the condition's.
+            let only_uri = m.headers.is_empty()
+                && m.method.is_none()
+                && m.query_params.is_empty()
+                && m.source_labels.is_empty()
+                && (m.port == 0 || m.port == 80);
+            if only_uri {
+                use pb::string_match::Kind;
+                let want = match m.uri.as_ref().and_then(|u| u.kind.as_ref()) {
+                    None => true,
+                    Some(Kind::Exact(s)) => path == s,
+                    Some(Kind::Prefix(p)) => path.starts_with(p.as_str()),
+                    Some(Kind::Regex(_)) => matched,
+                };
+                assert_eq!(matched, want, "{m:?} on {path:?}");
+            }
+            // A regex condition is anchored: the path itself, escaped,
+            // matches it and nothing longer.
+            if let Ok(Some(exact)) = StrMatch::compile(
+                &pb::StringMatch {
+                    kind: Some(pb::string_match::Kind::Regex(regex::escape(path))),
+                },
+                "fuzz",
+            ) {
+                assert!(exact.matches(path), "{path:?}");
+                assert!(!exact.matches(&format!("{path}x")), "{path:?} not anchored");
+            }
+        }
+    }
+}
+
+/// What every normalized path looks like.
+#[cfg(any(test, fuzzing))]
+fn check_normalized(n: &str) {
+    use crate::authz::normalize_path;
+    assert!(n.starts_with('/'), "{n:?}");
+    assert_eq!(normalize_path(n).as_deref(), Ok(n), "not a fixed point");
+    let inner = n.strip_suffix('/').unwrap_or(n);
+    for seg in inner.split('/').skip(1) {
+        assert!(!matches!(seg, "" | "." | ".."), "segment {seg:?} in {n:?}");
+    }
+    assert!(!n.contains('\\') && !n.contains('#'), "{n:?}");
+    let b = n.as_bytes();
+    for (i, _) in n.match_indices('%') {
+        let hex = b.get(i + 1..i + 3).expect("complete escape");
+        let v = std::str::from_utf8(hex)
+            .ok()
+            .filter(|h| {
+                h.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+            })
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| panic!("bad escape in {n:?}"));
+        assert!(
+            !(v.is_ascii_alphanumeric() || b"-._~/\\#".contains(&v)),
+            "%{v:02X} left encoded in {n:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzz_logic_smoke() {
+        let seeds: &[&[u8]] = &[
+            b"/api/v1/users?id=7\n{\"uri\":{\"prefix\":\"/api\"}}\nshop.example.com:8080",
+            b"//admin/./x/../%61dmin%2e%2E\n/admin\nExample.COM.",
+            b"/a%2Fb\n{\"uri\":{\"regex\":\"/a.*\"},\"port\":80}\n[::1]:80",
+            b"/%7e/~/%7E?q=1&v=2\n{\"queryParams\":[{\"name\":\"v\",\"value\":{\"exact\":\"2\"}}]}\n",
+            b"*\n\n",
+            b"",
+        ];
+        for s in seeds {
+            fuzz_logic(s);
+        }
+        let mut x = 0x9e37_79b9_u32;
+        for len in 0..200 {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    b"/./a%2e2F5c7E:.\n?=&Aa"[(x % 21) as usize]
+                })
+                .collect();
+            fuzz_logic(&data);
+        }
+    }
 
     fn info<'a>(
         path: &'a str,
@@ -184,6 +363,21 @@ mod tests {
             headers,
             port: 80,
             source_labels: labels,
+        }
+    }
+
+    #[test]
+    fn fuzz_regressions_replay() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/route_match"
+        );
+        for entry in std::fs::read_dir(dir).expect(dir) {
+            let path = entry.expect(dir).path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if !name.starts_with('.') && !name.ends_with(".md") {
+                fuzz_logic(&std::fs::read(&path).expect("regression input"));
+            }
         }
     }
 

@@ -42,9 +42,19 @@ pub struct VirtualHostState {
 /// The host part of a `Host`/`:authority` value, lower-cased, without port
 /// and without a trailing dot.
 pub fn normalize_host(authority: &str) -> String {
+    // Trailing dots may sit on the host or after the port (`a.:80`, `a:80.`).
+    let authority = authority.trim_end_matches('.');
     let host = match authority.rsplit_once(':') {
         // IPv6 literals keep their brackets; a port follows the last colon.
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        // A colon left in an unbracketed host means it was no port: keep
+        // the value whole, so that normalizing twice changes nothing.
+        Some((h, p))
+            if p.bytes().all(|b| b.is_ascii_digit())
+                && !h.ends_with(':')
+                && (!h.contains(':') || (h.starts_with('[') && h.ends_with(']'))) =>
+        {
+            h
+        }
         _ => authority,
     };
     host.trim_end_matches('.').to_ascii_lowercase()
@@ -181,6 +191,12 @@ mod tests {
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
         assert_eq!(normalize_host("a.b"), "a.b");
+        // A fixed point: normalizing twice changes nothing.
+        for h in ["a:80.", "a.:80", "a:1:2", "[::1]:80", "x.:1.:2"] {
+            let once = normalize_host(h);
+            assert_eq!(normalize_host(&once), once, "{h}");
+        }
+        assert_eq!(normalize_host("Example.com:80."), "example.com");
     }
 
     fn listener(hosts: &[&[&str]]) -> pb::GatewayListener {
