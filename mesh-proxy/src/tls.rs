@@ -119,16 +119,44 @@ impl TlsMaterial {
     }
 }
 
-/// The first URI SAN of a certificate, if it is a SPIFFE ID.
+/// The SPIFFE ID of an X.509-SVID: its one URI SAN, which must be a
+/// well-formed `spiffe://` ID. A certificate with several URIs names no one
+/// identity, and is treated as having none.
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
-            Some(u.to_string())
-        }
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
         _ => None,
-    })
+    });
+    match (uris.next(), uris.next()) {
+        (Some(u), None) if is_spiffe_id(u) => Some(u.to_string()),
+        _ => None,
+    }
+}
+
+/// SPIFFE ID syntax: `spiffe://` and a trust domain of `[a-z0-9.-_]`, then
+/// path segments of `[A-Za-z0-9.-_]` that are neither empty, `.` nor `..`;
+/// no port, user, query or fragment; at most 2048 bytes.
+fn is_spiffe_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let (td, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let segment_ok = |s: &str| {
+        !matches!(s, "" | "." | "..")
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    };
+    id.len() <= 2048
+        && !td.is_empty()
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+        && path.is_none_or(|p| p.split('/').all(segment_ok))
 }
 
 fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
@@ -305,6 +333,58 @@ impl MeshTls {
         let config = Arc::new(config);
         cache.insert((expected.to_string(), alpn), config.clone());
         Some(config)
+    }
+}
+
+/// Fuzzing entry point: `data` is a peer's leaf certificate (DER), as the
+/// TLS handshake hands it over. Reading its SPIFFE ID and expiry never
+/// panics, and an ID is only ever read from a certificate whose one URI SAN
+/// is a well-formed `spiffe://` ID (the X.509-SVID rules).
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_logic(data: &[u8]) {
+    let cert = CertificateDer::from(data);
+    let _ = not_after(&cert);
+    let Some(id) = spiffe_id(&cert) else {
+        return;
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(data).expect("parsed by spiffe_id");
+    let uris: Vec<&str> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(uris, [id.as_str()], "an SVID has exactly one URI SAN");
+    // SPIFFE ID syntax: spiffe://<trust domain>[/<segment>...], with the
+    // trust domain in [a-z0-9.-_] and segments in [A-Za-z0-9.-_] that are
+    // neither empty nor `.` or `..`; no port, user, query or fragment.
+    let rest = id.strip_prefix("spiffe://").expect("spiffe scheme");
+    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+    assert!(id.len() <= 2048, "{id:?}");
+    assert!(!td.is_empty(), "{id:?}");
+    assert!(
+        td.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)),
+        "trust domain of {id:?}"
+    );
+    if !path.is_empty() || rest.ends_with('/') {
+        for seg in path.split('/') {
+            assert!(!matches!(seg, "" | "." | ".."), "segment {seg:?} of {id:?}");
+            assert!(
+                seg.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)),
+                "segment {seg:?} of {id:?}"
+            );
+        }
     }
 }
 
