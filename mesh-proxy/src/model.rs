@@ -154,6 +154,15 @@ impl MeshState {
         previous: Option<&MeshState>,
         dns: &DnsCache,
     ) -> Result<Self, ConfigError> {
+        // An enum value this proxy does not know (from a newer controller,
+        // or corrupted) would read as the default (PERMISSIVE, ALLOW, ...),
+        // and /config_dump could not show the config: refuse it.
+        serde_json::to_writer(std::io::sink(), &config).map_err(|e| {
+            invalid(
+                "config",
+                format!("{e} (an enum value this proxy does not know)"),
+            )
+        })?;
         let settings = compile_settings(config.settings.as_ref())?;
 
         let mut by_name = HashMap::new();
@@ -757,6 +766,137 @@ fn compile_route(
         mirror,
         spec: route.clone(),
     })
+}
+
+/// Fuzzing entry point: `data` is a `DiscoveryResponse` as the config
+/// stream delivers it (protobuf). It is applied the way the proxy applies
+/// it ([`crate::discovery::merge`] onto the current config, then
+/// [`MeshState::compile_with_dns`]), onto nothing (a new proxy) and onto a
+/// small working config. Nothing panics; a rejected config has a reason
+/// for the NACK; an accepted one is usable: it can be dumped, compiles
+/// again to the same services, and routing, picking, outlier detection
+/// and gateway lookups work on it.
+///
+/// TLS origination's client certificate and key paths are cleared first:
+/// reading files the input names is not what is being tested.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz_logic(data: &[u8]) {
+    use prost::Message;
+
+    const BASE: &str = r#"
+version: "1"
+services:
+  - name: echo.demo.svc.cluster.local
+    aliases: [echo]
+    addresses: ["10.96.0.10"]
+    ports: [{port: 80}]
+    endpoints:
+      - {address: 10.0.0.1, ports: {"80": 8080}, labels: {version: v1}}
+      - {address: 10.0.0.2, ports: {"80": 8080}, labels: {version: v2}}
+    policy:
+      subsets: [{name: v1, labels: {version: v1}}]
+      outlierDetection: {consecutive5xx: 1}
+    httpRoutes:
+      - matches: [{uri: {prefix: /v1}}]
+        destinations: [{destination: {service: echo, subset: v1}}]
+      - destinations: [{destination: {service: echo}}]
+"#;
+    let Ok(resp) = pb::DiscoveryResponse::decode(data) else {
+        return;
+    };
+    let base = MeshState::parse(BASE).expect("the base config parses");
+    for current in [pb::ProxyConfig::default(), base] {
+        let previous = MeshState::compile(current.clone(), None).expect("the base compiles");
+        let mut next = crate::discovery::merge(&current, &resp);
+        for s in &mut next.services {
+            if let Some(tls) = s.policy.as_mut().and_then(|p| p.tls.as_mut()) {
+                tls.client_certificate_path.clear();
+                tls.private_key_path.clear();
+            }
+        }
+        match MeshState::compile_with_dns(next.clone(), Some(&previous), &DnsCache::default()) {
+            Err(e) => assert!(!e.to_string().is_empty()),
+            Ok(state) => {
+                exercise(&state);
+                let again = MeshState::compile(next, None).expect("compiles twice");
+                assert_eq!(again.services().len(), state.services().len());
+            }
+        }
+    }
+}
+
+/// Uses a compiled state the way requests do.
+#[cfg(any(test, fuzzing))]
+fn exercise(state: &MeshState) {
+    use crate::balance::PickContext;
+    use crate::resilience::Health;
+
+    serde_json::to_string(&state.config).expect("config_dump");
+    let method = http::Method::GET;
+    let headers = http::HeaderMap::new();
+    let labels = BTreeMap::new();
+    let check_route = |route: &Route| {
+        for d in route
+            .destinations
+            .iter()
+            .chain(route.mirror.as_ref().map(|m| &m.0))
+        {
+            assert!(d.service < state.services().len(), "{d:?}");
+        }
+        if !route.destinations.is_empty() {
+            let d = route.pick().expect("a route with destinations picks one");
+            assert!(d.service < state.services().len());
+        }
+        let uri = http::Uri::from_static("/v1/a?b=c");
+        let _ = crate::policy::apply_rewrite(&uri, &route.spec);
+        if let Some(r) = &route.spec.redirect {
+            let _ = crate::policy::redirect_location(r, &route.spec, &uri, Some("h"));
+        }
+    };
+    for (i, svc) in state.services().iter().enumerate() {
+        assert_eq!(state.service_by_name(&svc.name), Some(i));
+        for (port, _) in &svc.ports {
+            assert!(svc.protocol(*port).is_some());
+            for path in ["/", "/v1/a"] {
+                let info = crate::routing::RequestInfo {
+                    path,
+                    query: Some("a=1"),
+                    method: &method,
+                    headers: &headers,
+                    port: *port,
+                    source_labels: &labels,
+                };
+                if let RouteChoice::Route(r) = svc.select_route(&info) {
+                    check_route(r);
+                }
+            }
+            for subset in std::iter::once("").chain(svc.subsets.iter().map(String::as_str)) {
+                let Some(b) = state.backend(i, subset, *port) else {
+                    panic!("no backend for {}/{subset}:{port}", svc.name);
+                };
+                // A few failures, then a success, as requests report them.
+                if let Some(e) = b.pick(&PickContext::default(), |_| true) {
+                    for health in [Health::GatewayError, Health::ServerError, Health::Success] {
+                        b.record(&e, health);
+                    }
+                }
+            }
+        }
+        for t in &svc.tcp_routes {
+            if let Some(d) = t.pick() {
+                assert!(d.service < state.services().len());
+            }
+        }
+    }
+    for g in &state.gateways {
+        assert_eq!(state.gateway(g.port).map(|x| x.port), Some(g.port));
+        for vh in &g.vhosts {
+            for h in &vh.hosts {
+                let _ = g.vhost(&normalize_host(h));
+            }
+            vh.routes.iter().for_each(check_route);
+        }
+    }
 }
 
 #[cfg(test)]
