@@ -919,6 +919,7 @@ async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
             "48",
             "--concurrency",
             "8",
+            "--h2c",
             "--wait-ready",
             "30",
         ],
@@ -982,7 +983,8 @@ fn container_pid(id: &str) -> Result<String> {
 }
 
 /// The sidecar proxy of one backend pod gets SIGTERM (what the kubelet
-/// sends) while 1.5 s requests are in flight through it and 200 rps flow
+/// sends) while 1.5 s requests are in flight through it (8 at a time over
+/// HTTP/2, spread over the backends) and 200 rps flow
 /// to the service: the in-flight requests drain, nothing fails, and the
 /// kubelet starts the proxy again (native sidecar, `restartPolicy: Always`).
 async fn proxy_restart(ns: &TestNamespace) -> Result<String> {
@@ -995,9 +997,10 @@ async fn proxy_restart(ns: &TestNamespace) -> Result<String> {
             "--url",
             "http://web:80/?delay_ms=1500",
             "-n",
-            "160",
+            "240",
             "--concurrency",
             "8",
+            "--h2c",
             "--wait-ready",
             "30",
         ],
@@ -1059,7 +1062,7 @@ async fn proxy_restart(ns: &TestNamespace) -> Result<String> {
     )
     .await?;
     Ok(format!(
-        "proxy of {name} restarted (restarts {before} -> {after}) under {} requests at 200 rps, 0 failed; {}/160 in-flight 1.5 s requests ok",
+        "proxy of {name} restarted (restarts {before} -> {after}) under {} requests at 200 rps, 0 failed; {}/240 1.5 s requests ok, 8 in flight at a time",
         load["total"], drained["ok"]
     ))
 }
