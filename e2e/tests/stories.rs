@@ -907,26 +907,7 @@ async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
         );
     }
     // Pod deletion drains in-flight requests.
-    let slow = job_pod(
-        "slow",
-        "mesh-client",
-        &[],
-        &[
-            "http",
-            "--url",
-            "http://web:80/?delay_ms=1500",
-            "-n",
-            "48",
-            "--concurrency",
-            "8",
-            "--h2c",
-            "--wait-ready",
-            "30",
-        ],
-    )?;
-    ns.api::<Pod>()
-        .create(&PostParams::default(), &slow)
-        .await?;
+    slow_client(ns, "slow", 48).await?;
     wait_for("slow client running", Duration::from_secs(60), || async {
         let p = ns.api::<Pod>().get("slow").await?;
         Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
@@ -950,6 +931,33 @@ async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
         "{} requests at 200 rps, 0 failed through controller restart, CA restart and a rolling update; streams resynced; deleting a pod under 1.5 s requests: {}/48 ok; {restarted}",
         report["total"], drained["ok"]
     ))
+}
+
+/// A client pod `name` sending `n` requests of 1.5 s to `web`, 8 in flight
+/// at a time (HTTP/2 to its proxy).
+async fn slow_client(ns: &TestNamespace, name: &str, n: u32) -> Result<()> {
+    let n = n.to_string();
+    let slow = job_pod(
+        name,
+        "mesh-client",
+        &[],
+        &[
+            "http",
+            "--url",
+            "http://web:80/?delay_ms=1500",
+            "-n",
+            &n,
+            "--concurrency",
+            "8",
+            "--h2c",
+            "--wait-ready",
+            "30",
+        ],
+    )?;
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &slow)
+        .await?;
+    Ok(())
 }
 
 /// The proxy container's restart count and ID (`containerd://...`) in `pod`.
@@ -988,26 +996,7 @@ fn container_pid(id: &str) -> Result<String> {
 /// to the service: the in-flight requests drain, nothing fails, and the
 /// kubelet starts the proxy again (native sidecar, `restartPolicy: Always`).
 async fn proxy_restart(ns: &TestNamespace) -> Result<String> {
-    let slow = job_pod(
-        "slow-restart",
-        "mesh-client",
-        &[],
-        &[
-            "http",
-            "--url",
-            "http://web:80/?delay_ms=1500",
-            "-n",
-            "240",
-            "--concurrency",
-            "8",
-            "--h2c",
-            "--wait-ready",
-            "30",
-        ],
-    )?;
-    ns.api::<Pod>()
-        .create(&PostParams::default(), &slow)
-        .await?;
+    slow_client(ns, "slow-restart", 240).await?;
     let victim = pods(ns, "app=web")
         .await?
         .into_iter()
