@@ -16,6 +16,8 @@
 pub mod crds;
 #[cfg(feature = "crds")]
 pub mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 #[cfg(feature = "crds")]
 pub mod networking;

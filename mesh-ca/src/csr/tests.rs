@@ -143,14 +143,7 @@ fn fuzz_logic_smoke() {
 
 #[test]
 fn fuzz_regressions_replay() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/csr");
-    for entry in std::fs::read_dir(dir).expect(dir) {
-        let path = entry.expect(dir).path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if !name.starts_with('.') && !name.ends_with(".md") {
-            fuzz_logic(&std::fs::read(&path).expect("regression input"));
-        }
-    }
+    mesh_api::fuzzing::replay_regressions("csr", fuzz_logic);
 }
 
 #[test]
