@@ -173,11 +173,11 @@ spec:
         (
             "retries",
             vs_with_http(
-                "  - retries: {attempts: 2, perTryTimeout: 2x, retryOn: \"5xx,refused-stream\"}\n    route: [{destination: {host: reviews}}]",
+                "  - retries: {attempts: 2, perTryTimeout: 2x, retryOn: \"5xx,cancelled\"}\n    route: [{destination: {host: reviews}}]",
             ),
             vec![
                 "VirtualService default/r: spec.http[0].retries.perTryTimeout: invalid duration \"2x\": unknown or missing unit \"x\" (use h, m, s, ms, us or ns)",
-                "VirtualService default/r: spec.http[0].retries.retryOn: unsupported retry condition \"refused-stream\" (supported: 5xx, gateway-error, reset, connect-failure, retriable-status-codes, or a status code)",
+                "VirtualService default/r: spec.http[0].retries.retryOn: unsupported retry condition \"cancelled\" (supported: 5xx, gateway-error, reset, connect-failure, refused-stream, retriable-status-codes, or a status code)",
             ],
         ),
         (

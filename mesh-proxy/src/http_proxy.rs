@@ -739,6 +739,7 @@ async fn routed(
             Err(ForwardError::Upstream(e)) => policy::TryOutcome::Failed(e),
         };
         let unreachable = matches!(&outcome, policy::TryOutcome::Failed(e) if e.is_connect());
+        let unprocessed = matches!(&outcome, policy::TryOutcome::Failed(e) if e.is_unprocessed());
         balancer.record(
             &endpoint,
             match &outcome {
@@ -747,13 +748,13 @@ async fn routed(
                 _ => crate::resilience::Health::GatewayError,
             },
         );
-        // A try that never reached its endpoint added no load anywhere: it
-        // does not spend the retry budget.
+        // A try that never reached its endpoint's application added no
+        // load there: it does not spend the retry budget.
         let again = tried < max_tries
             && body.is_replayable()
             && retry.is_some_and(|p| p.retries(&outcome))
             && (per_try_fired || !matches!(outcome, policy::TryOutcome::Timeout))
-            && (unreachable
+            && (unprocessed
                 || budget
                     .as_ref()
                     .zip(retry)
@@ -1033,6 +1034,7 @@ fn upstream_failure(addr: SocketAddr, e: &UpstreamError, grpc: bool) -> Response
         }
         UpstreamError::Tls { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream-tls"),
         UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
+        UpstreamError::Refused { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream-refused"),
     };
     tracing::debug!(%addr, "upstream failed: {e}");
     local_reply(status, kind, format!("mesh-proxy: {e}"), grpc)

@@ -337,8 +337,9 @@ impl RetryPolicy {
                 "gateway-error" => p.on_gateway_error = true,
                 "reset" => p.on_reset = true,
                 "connect-failure" => p.on_connect_failure = true,
-                // The codes themselves are listed as numbers.
-                "retriable-status-codes" => {}
+                // The codes themselves are listed as numbers; a refused
+                // stream is retried by every policy (see `retries`).
+                "retriable-status-codes" | "refused-stream" => {}
                 n => match n.parse::<u16>() {
                     Ok(code) if (100..600).contains(&code) => p.statuses.push(code),
                     _ => return Err(format!("unknown retryOn condition {n:?}")),
@@ -372,6 +373,9 @@ impl RetryPolicy {
                     self.on_connect_failure || self.on_5xx || self.on_gateway_error
                 }
                 UpstreamError::Http { .. } => self.on_reset || self.on_5xx || self.on_gateway_error,
+                // The endpoint did not process it: any retry policy may send
+                // it again, as if the connection had failed.
+                UpstreamError::Refused { .. } => true,
             },
         }
     }

@@ -52,6 +52,15 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// The endpoint is known not to have processed the request: it refused
+    /// the stream (`REFUSED_STREAM`), its GOAWAY left the stream out, or
+    /// the connection closed before the request was written.
+    #[error("upstream {addr} did not take the request: {source}")]
+    Refused {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
 }
 
 impl UpstreamError {
@@ -61,6 +70,30 @@ impl UpstreamError {
             self,
             Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Tls { .. }
         )
+    }
+
+    /// Whether the application behind the endpoint never saw the request
+    /// (safe to send again, whatever its method).
+    pub fn is_unprocessed(&self) -> bool {
+        self.is_connect() || matches!(self, Self::Refused { .. })
+    }
+
+    /// Classifies a failed exchange: HTTP/2 guarantees that a refused
+    /// stream, and a stream above the last one a GOAWAY names, were not
+    /// processed (RFC 9113 §8.7); hyper's "canceled" means the request was
+    /// never written.
+    fn exchange(addr: SocketAddr, source: hyper::Error) -> Self {
+        let h2 = std::error::Error::source(&source).and_then(|e| e.downcast_ref::<h2::Error>());
+        let refused = source.is_canceled()
+            || h2.is_some_and(|e| {
+                e.reason() == Some(h2::Reason::REFUSED_STREAM) && e.is_remote()
+                    || e.is_go_away() && e.is_remote()
+            });
+        if refused {
+            Self::Refused { addr, source }
+        } else {
+            Self::Http { addr, source }
+        }
     }
 }
 
@@ -297,51 +330,83 @@ impl Pool {
         security: Security<'_>,
         policy: ConnPolicy,
         conns: &EndpointConns,
-        req: http::Request<ProxyBody>,
+        mut req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
-        let timeout = policy.connect_timeout;
-        let mut sender = {
+        // A shared connection can close between our pick and our send (the
+        // endpoint drains and its GOAWAY arrives): hyper then hands the
+        // request back unsent, and it goes once more on a new connection.
+        let mut fresh = false;
+        loop {
+            let mut sender = self.h2_sender(addr, security, policy, conns).await?;
+            let (unsent, error) = match sender.ready().await {
+                Ok(()) => {
+                    let dispatched = Instant::now();
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, dispatched)),
+                        Err(mut e) => match e.take_message() {
+                            Some(r) => (r, e.into_error()),
+                            None => return Err(UpstreamError::exchange(addr, e.into_error())),
+                        },
+                    }
+                }
+                Err(e) => (req, e),
+            };
+            if fresh {
+                return Err(UpstreamError::Refused {
+                    addr,
+                    source: error,
+                });
+            }
+            tracing::debug!(%addr, "upstream h2 connection closed before the request went: {error}");
+            req = unsent;
+            fresh = true;
+            // Forget the closed connection unless another request already
+            // replaced it.
             let mut slot = conns.h2.lock().await;
-            match slot.as_mut() {
-                Some((s, used)) if !s.is_closed() && policy.reusable(*used) => {
-                    *used += 1;
-                    s.clone()
-                }
-                // A new connection; the one it replaces (if any) finishes
-                // its streams and closes when its last sender is gone.
-                _ => {
-                    let sender = match security {
-                        Security::Plaintext => {
-                            let io = self.connect(addr, timeout, None, None).await?;
-                            Self::h2_handshake(addr, TokioIo::new(io)).await?
-                        }
-                        Security::Origination(t) => {
-                            let io = self
-                                .connect(addr, timeout, Some(&t.h2), Some(&t.server_name))
-                                .await?;
-                            Self::h2_handshake(addr, TokioIo::new(io)).await?
-                        }
-                        Security::Mesh(id) => {
-                            let tcp = connect_tcp(addr, timeout).await?;
-                            let tls = connect_mesh_tls(&self.tls, addr, id, ALPN_H2, tcp).await?;
-                            Self::h2_handshake(addr, TokioIo::new(tls)).await?
-                        }
-                    };
-                    *slot = Some((sender.clone(), 1));
-                    sender
-                }
+            if slot.as_ref().is_some_and(|(s, _)| s.is_closed()) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// The endpoint's shared HTTP/2 connection, opened if there is none
+    /// usable.
+    async fn h2_sender(
+        &self,
+        addr: SocketAddr,
+        security: Security<'_>,
+        policy: ConnPolicy,
+        conns: &EndpointConns,
+    ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+        let timeout = policy.connect_timeout;
+        let mut slot = conns.h2.lock().await;
+        if let Some((s, used)) = slot.as_mut() {
+            if !s.is_closed() && policy.reusable(*used) {
+                *used += 1;
+                return Ok(s.clone());
+            }
+        }
+        // A new connection; the one it replaces (if any) finishes its
+        // streams and closes when its last sender is gone.
+        let sender = match security {
+            Security::Plaintext => {
+                let io = self.connect(addr, timeout, None, None).await?;
+                Self::h2_handshake(addr, TokioIo::new(io)).await?
+            }
+            Security::Origination(t) => {
+                let io = self
+                    .connect(addr, timeout, Some(&t.h2), Some(&t.server_name))
+                    .await?;
+                Self::h2_handshake(addr, TokioIo::new(io)).await?
+            }
+            Security::Mesh(id) => {
+                let tcp = connect_tcp(addr, timeout).await?;
+                let tls = connect_mesh_tls(&self.tls, addr, id, ALPN_H2, tcp).await?;
+                Self::h2_handshake(addr, TokioIo::new(tls)).await?
             }
         };
-        sender
-            .ready()
-            .await
-            .map_err(|source| UpstreamError::Http { addr, source })?;
-        let dispatched = Instant::now();
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|source| UpstreamError::Http { addr, source })?;
-        Ok((resp, dispatched))
+        *slot = Some((sender.clone(), 1));
+        Ok(sender)
     }
 
     async fn send_h1(
@@ -375,12 +440,7 @@ impl Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
-                    None => {
-                        return Err(UpstreamError::Http {
-                            addr,
-                            source: e.into_error(),
-                        })
-                    }
+                    None => return Err(UpstreamError::exchange(addr, e.into_error())),
                 },
             }
         }
@@ -405,7 +465,7 @@ impl Pool {
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|source| UpstreamError::Http { addr, source })?;
+            .map_err(|source| UpstreamError::exchange(addr, source))?;
         self.return_h1(conns, sender, 1, policy);
         Ok((resp, dispatched))
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proxy::testca::TestCa;
@@ -295,4 +295,132 @@ async fn with_a_ca_the_proxy_is_ready_only_with_a_certificate() {
         .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
         .unwrap();
     assert_eq!(status_of(metrics, "/ready").await, 200);
+}
+
+/// An app that answers after `delay`.
+async fn slow_app(delay: Duration) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One of two server proxies drains (SIGTERM in a pod) while requests
+/// stream through the client proxy's shared HTTP/2 connection to it: the
+/// requests it had accepted finish, the ones it never took (sent as its
+/// GOAWAY crossed them, or on a connection about to close) go to the other
+/// endpoint, and no caller sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_proxy_costs_no_request() {
+    let ca = TestCa::new("drain");
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let app = slow_app(Duration::from_millis(20)).await;
+        let server = start_proxy(
+            &server_config("STRICT"),
+            &[],
+            &[
+                "--inbound-addr",
+                "127.0.0.1:0",
+                "--inbound-forward",
+                &app.to_string(),
+            ],
+        )
+        .await;
+        let (chain, key) = ca.issue(SERVER_ID);
+        server
+            .running
+            .shared
+            .tls
+            .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
+            .unwrap();
+        servers.push(server);
+    }
+    // Both endpoints are on 127.0.0.1, told apart by their ports.
+    let endpoints: Vec<String> = servers
+        .iter()
+        .map(|s| {
+            format!(
+                "      - {{address: \"127.0.0.1\", ports: {{\"80\": {}}}, identity: \"{SERVER_ID}\"}}\n",
+                s.running.inbound_addr.unwrap().port()
+            )
+        })
+        .collect();
+    let client = start_proxy(
+        &format!(
+            "services:\n  - name: web.server.svc.cluster.local\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}",
+            endpoints.concat()
+        ),
+        &["web.server.svc.cluster.local:80"],
+        &[],
+    )
+    .await;
+    let (chain, key) = ca.issue(CLIENT_ID);
+    client
+        .running
+        .shared
+        .tls
+        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
+        .unwrap();
+    let addr = client.listener(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = http::Request::get(format!("http://{addr}/"))
+                    .header("host", "web.server.svc.cluster.local")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                match c.request(req).await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.into_body().collect().await.map(|b| b.to_bytes());
+                        failed.push(format!("{status} {body:?}"))
+                    }
+                    Err(e) => failed.push(format!("client error: {e:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let draining = servers.remove(0);
+    draining.running.shutdown_token().cancel();
+    draining.running.wait().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for w in workers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 200, "only {ok} requests went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
 }

@@ -6,11 +6,14 @@ use crate::duration::parse_duration;
 use crate::networking::StringMatch;
 
 /// Retry conditions the proxy implements (besides numeric status codes).
-const RETRY_ON: [&str; 5] = [
+const RETRY_ON: [&str; 6] = [
     "5xx",
     "gateway-error",
     "reset",
     "connect-failure",
+    // Always on in our proxy (a refused stream never reached the app);
+    // accepted so that Istio configs that name it validate.
+    "refused-stream",
     "retriable-status-codes",
 ];
 

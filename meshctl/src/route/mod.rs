@@ -250,7 +250,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=20))]
     pub retries: Option<u8>,
     /// What to retry: comma list of 5xx, gateway-error, reset, connect-failure,
-    /// retriable-status-codes or status codes.
+    /// refused-stream (always on), retriable-status-codes or status codes.
     #[arg(long, value_name = "CONDITIONS", requires = "retries")]
     pub retry_on: Option<String>,
     /// Timeout of each try.
