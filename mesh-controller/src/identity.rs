@@ -321,14 +321,48 @@ pub fn renew_delay(not_after: SystemTime, now: SystemTime) -> Duration {
     (left / 2).mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
-/// The SPIFFE ID (URI SAN) of a DER certificate.
+/// The SPIFFE ID of a DER X.509-SVID (see [`mesh_api::svid::svid_identity`]):
+/// a client certificate with several URI SANs, or a malformed one, names
+/// no proxy.
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = c.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
-            Some(u.to_string())
-        }
+    mesh_api::svid::svid_identity(san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
         _ => None,
-    })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with_uris(uris: &[&str]) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).unwrap()))
+            .collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_caller_certificate_names_one_well_formed_identity_or_none() {
+        let web = "spiffe://cluster.local/ns/shop/sa/web";
+        assert_eq!(spiffe_id(&cert_with_uris(&[web])).as_deref(), Some(web));
+        // The first URI used to win: a second one must not be ignored.
+        assert_eq!(
+            spiffe_id(&cert_with_uris(&[
+                web,
+                "spiffe://cluster.local/ns/mesh-system/sa/mesh-controller"
+            ])),
+            None
+        );
+        assert_eq!(
+            spiffe_id(&cert_with_uris(&["spiffe://cluster.local/ns/../sa/x"])),
+            None
+        );
+        assert_eq!(spiffe_id(&cert_with_uris(&[])), None);
+    }
 }

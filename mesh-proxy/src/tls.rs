@@ -119,44 +119,14 @@ impl TlsMaterial {
     }
 }
 
-/// The SPIFFE ID of an X.509-SVID: its one URI SAN, which must be a
-/// well-formed `spiffe://` ID. A certificate with several URIs names no one
-/// identity, and is treated as having none.
+/// The SPIFFE ID of an X.509-SVID (see [`mesh_api::svid::svid_identity`]).
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+    mesh_api::svid::svid_identity(san.value.general_names.iter().filter_map(|n| match n {
         x509_parser::extensions::GeneralName::URI(u) => Some(*u),
         _ => None,
-    });
-    match (uris.next(), uris.next()) {
-        (Some(u), None) if is_spiffe_id(u) => Some(u.to_string()),
-        _ => None,
-    }
-}
-
-/// SPIFFE ID syntax: `spiffe://` and a trust domain of `[a-z0-9.-_]`, then
-/// path segments of `[A-Za-z0-9.-_]` that are neither empty, `.` nor `..`;
-/// no port, user, query or fragment; at most 2048 bytes.
-fn is_spiffe_id(id: &str) -> bool {
-    let Some(rest) = id.strip_prefix("spiffe://") else {
-        return false;
-    };
-    let (td, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-        None => (rest, None),
-    };
-    let segment_ok = |s: &str| {
-        !matches!(s, "" | "." | "..")
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-    };
-    id.len() <= 2048
-        && !td.is_empty()
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-        && path.is_none_or(|p| p.split('/').all(segment_ok))
+    }))
 }
 
 fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
