@@ -153,9 +153,16 @@ pub async fn wait_deployment_ready(
         async move {
             let d = deps.get(name).await?;
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let generation = d.metadata.generation.unwrap_or(0);
             let st = d.status.unwrap_or_default();
-            Ok((st.available_replicas.unwrap_or(0) >= want
-                && st.updated_replicas.unwrap_or(0) >= want)
+            // As `kubectl rollout status`: the controller saw this spec,
+            // every replica is updated and available, and no old replica
+            // is left (at the last step of a rolling update the old pod is
+            // still available while the last new one starts).
+            Ok((st.observed_generation.unwrap_or(0) >= generation
+                && st.replicas.unwrap_or(0) == want
+                && st.updated_replicas.unwrap_or(0) == want
+                && st.available_replicas.unwrap_or(0) >= want)
                 .then_some(()))
         }
     })

@@ -163,6 +163,23 @@ async fn pods(ns: &TestNamespace, selector: &str) -> Result<Vec<Pod>> {
         .items)
 }
 
+/// Whether the pod's Ready condition is true.
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The pods selected by `selector` that are Ready and not being deleted.
+async fn ready_pods(ns: &TestNamespace, selector: &str) -> Result<Vec<Pod>> {
+    Ok(pods(ns, selector)
+        .await?
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+        .collect())
+}
+
 fn names<'a>(
     containers: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Container>,
 ) -> Vec<String> {
@@ -770,6 +787,24 @@ async fn ingress_gateway(c: &Client, apps: &Apps) -> Result<String> {
 }
 
 /// Waits for a pod started with `job_pod` to finish; returns its report.
+/// Waits until client pod `name` is past its `--wait-ready` and sending
+/// (it logs `mesh-client: sending`), so that a disruption that follows
+/// lands on live traffic, however slow the pod was to start.
+async fn wait_sending(ns: &TestNamespace, name: &str) -> Result<()> {
+    let pods: Api<Pod> = ns.api();
+    wait_for(&format!("{name} sending"), Duration::from_secs(90), || {
+        let pods = pods.clone();
+        async move {
+            let logs = pods
+                .logs(name, &Default::default())
+                .await
+                .unwrap_or_default();
+            Ok(logs.contains("mesh-client: sending").then_some(()))
+        }
+    })
+    .await
+}
+
 async fn finish(ns: &TestNamespace, name: &str, timeout: Duration) -> Result<Value> {
     let pods: Api<Pod> = ns.api();
     let n = name.to_string();
@@ -800,7 +835,8 @@ async fn delete_pods(c: &Client, ns: &str, selector: &str) -> Result<usize> {
 }
 
 /// 200 rps to `web` from a load pod `name` for 20 s, with `disrupt` run
-/// 5 s in; one load pod per disruption, so a failure names its cause.
+/// 4 s after it starts sending; one load pod per disruption, so a failure
+/// names its cause.
 async fn resilience_load<F, Fut>(ns: &TestNamespace, name: &str, disrupt: F) -> Result<Value>
 where
     F: FnOnce() -> Fut,
@@ -827,12 +863,8 @@ where
     ns.api::<Pod>()
         .create(&PostParams::default(), &load)
         .await?;
-    wait_for("load running", Duration::from_secs(60), || async {
-        let p = ns.api::<Pod>().get(name).await?;
-        Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_sending(ns, name).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     disrupt().await?;
     finish(ns, name, Duration::from_secs(120)).await
 }
@@ -874,20 +906,22 @@ async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
     let report = json!({"total": total});
     let n = ns.name.clone();
     // The backend's proxies (their streams were cut by the controller
-    // restart; the rolling update made new ones) are SYNCED again.
-    let web: Vec<String> = pods(ns, "app=web")
-        .await?
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
-        .collect();
+    // restart; the rolling update made new ones) are SYNCED again. The pods
+    // are listed on each try: a pod of the old ReplicaSet may still be
+    // terminating at first.
     let last = std::sync::Mutex::new(String::new());
     let synced = wait_for(
         "the backend's proxies resynced",
         Duration::from_secs(120),
         || {
-            let (n, web, last) = (n.clone(), web.clone(), &last);
+            let (n, last) = (n.clone(), &last);
             async move {
+                let web: Vec<String> = pods(ns, "app=web")
+                    .await?
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter_map(|p| p.metadata.name)
+                    .collect();
                 let (_, out, _) = meshctl(&["proxy-status", "-n", &n, "-o", "json"]).await?;
                 let rows: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
                 let ok = web.iter().all(|w| {
@@ -908,18 +942,14 @@ async fn resilience(c: &Client, apps: &Apps) -> Result<String> {
     }
     // Pod deletion drains in-flight requests.
     slow_client(ns, "slow", 48).await?;
-    wait_for("slow client running", Duration::from_secs(60), || async {
-        let p = ns.api::<Pod>().get("slow").await?;
-        Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let victim = pods(ns, "app=web")
+    wait_sending(ns, "slow").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = ready_pods(ns, "app=web")
         .await?
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .next()
-        .context("no web pod")?;
+        .context("no ready web pod")?;
     ns.api::<Pod>().delete(&victim, &Default::default()).await?;
     let drained = finish(ns, "slow", Duration::from_secs(120)).await?;
     ensure!(
@@ -996,21 +1026,20 @@ fn container_pid(id: &str) -> Result<String> {
 /// to the service: the in-flight requests drain, nothing fails, and the
 /// kubelet starts the proxy again (native sidecar, `restartPolicy: Always`).
 async fn proxy_restart(ns: &TestNamespace) -> Result<String> {
+    // The pod deleted just before has its replacement: the victim is a pod
+    // that serves, with its proxy running.
+    wait_ready(ns, "web", "app=web").await?;
     slow_client(ns, "slow-restart", 240).await?;
-    let victim = pods(ns, "app=web")
+    let victim = ready_pods(ns, "app=web")
         .await?
         .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
-        .context("no web pod")?;
+        .find(|p| proxy_container(p).is_some_and(|(_, id)| !id.is_empty()))
+        .context("no ready web pod with a running proxy")?;
     let name = victim.metadata.name.clone().unwrap_or_default();
     let (before, id) = proxy_container(&victim).context("no mesh-proxy container")?;
     let pid = container_pid(&id)?;
     let load = resilience_load(ns, "load-proxy-restart", || async {
-        let p = ns.api::<Pod>().get("slow-restart").await?;
-        ensure!(
-            p.status.and_then(|s| s.phase).as_deref() == Some("Running"),
-            "the slow client is not running"
-        );
+        wait_sending(ns, "slow-restart").await?;
         let out = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .output()?;
@@ -1039,13 +1068,8 @@ async fn proxy_restart(ns: &TestNamespace) -> Result<String> {
             let (pods_api, name) = (pods_api.clone(), name.clone());
             async move {
                 let p = pods_api.get(&name).await?;
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 let count = proxy_container(&p).map(|(n, _)| n).unwrap_or(0);
-                Ok((ready && count > before).then_some(count))
+                Ok((is_ready(&p) && count > before).then_some(count))
             }
         },
     )
@@ -1069,7 +1093,20 @@ async fn install(c: &Client) -> Result<String> {
             "{d} not installed:\n{out}"
         );
     }
-    let check = meshctl_ok(&["check"]).await?;
+    // The webhook is reached through its Service: its endpoints may lag
+    // the Deployment by a moment.
+    let passed = wait_for("meshctl check passes", Duration::from_secs(60), || async {
+        Ok(meshctl(&["check"])
+            .await
+            .ok()
+            .and_then(|(code, out, _)| (code == 0).then_some(out)))
+    })
+    .await;
+    let check = match passed {
+        Ok(out) => out,
+        // Once more, for its output in the error.
+        Err(_) => meshctl_ok(&["check"]).await?,
+    };
     Ok(format!(
         "install + check: {} checks ok",
         check.lines().filter(|l| l.starts_with("[ok")).count()
@@ -1160,9 +1197,13 @@ async fn grpc_balancing(apps: &Apps) -> Result<String> {
         .filter_map(Value::as_u64)
         .collect();
     ensure!(counts.len() == 3, "3 pods answer: {meshed}");
+    // Spread per request, not stuck on the channel's pod. The default
+    // balancer weighs latency (P2C + EWMA), so on a loaded node a pod that
+    // answers slower for a while gets less: each pod must get at least
+    // 15%, not an exact third.
     for n in &counts {
         let s = *n as f64 / 3000.0;
-        ensure!((0.26..=0.40).contains(&s), "each pod 33% ± 7%: {counts:?}");
+        ensure!(s >= 0.15, "each pod at least 15% of 3000: {counts:?}");
     }
     let control = client_run(&apps.plain, "grpc-client", &args).await?;
     let top = control["by_pod"]
@@ -1402,17 +1443,13 @@ async fn canary(apps: &Apps) -> Result<String> {
         s.to_string().contains("rolled-back"),
         "phase rolled-back expected: {status}"
     );
-    let after = client_run(
+    until_report(
         ns,
-        "after-rollback",
+        "all traffic back on v2",
         &["http", "--url", "http://reviews:80/", "-n", "200"],
+        |r| share(&by_version(r, "reviews"), "v2") == 1.0 && r["failed"] == 0,
     )
     .await?;
-    let counts = by_version(&after, "reviews");
-    ensure!(
-        share(&counts, "v2") == 1.0 && after["failed"] == 0,
-        "all traffic back on v2: {after}"
-    );
     Ok(format!(
         "10% canary: {:.1}% to v2 over 2000; promote: {promoted:?}; progressive v3 rolled back after {:.0} s, then 200/200 on v2",
         split * 100.0,

@@ -322,6 +322,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
+    // Tests wait for this line before they disturb the target.
+    eprintln!("mesh-client: sending");
     let mut tasks = Vec::new();
     for _ in 0..lanes {
         tasks.push(tokio::spawn(worker(
