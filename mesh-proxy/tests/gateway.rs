@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proxy::testca::TestCa;
 use mesh_proxy::tls::TlsMaterial;
@@ -25,60 +23,28 @@ const GATEWAY_ID: &str = "spiffe://cluster.local/ns/ingress/sa/edge";
 /// An app that answers with its name, the path, the scheme the gateway saw
 /// and the caller identity its proxy saw.
 async fn app(name: &'static str) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| async move {
-                        let h = |n: &str| {
-                            req.headers()
-                                .get(n)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("-")
-                                .to_string()
-                        };
-                        let body = format!(
-                            "{name} {} {} {}",
-                            req.uri().path(),
-                            h("x-forwarded-proto"),
-                            h("x-forwarded-client-cert")
-                        );
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    http_app(move |req| async move {
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        format!(
+            "{name} {} {} {}",
+            req.uri().path(),
+            h("x-forwarded-proto"),
+            h("x-forwarded-client-cert")
+        )
+    })
+    .await
 }
 
 /// A meshed backend: the app behind a STRICT proxy with identity `id`.
 /// Returns the proxy (keep it alive) and its inbound address.
 async fn meshed(ca: &TestCa, name: &'static str, id: &str) -> (TestProxy, SocketAddr) {
-    let app = app(name).await;
-    let server = start_proxy(
-        "inbound: {mode: STRICT}\n",
-        &[],
-        &[
-            "--inbound-addr",
-            "127.0.0.1:0",
-            "--inbound-forward",
-            &app.to_string(),
-        ],
-    )
-    .await;
-    let (chain, key) = ca.issue(id);
-    server
-        .running
-        .shared
-        .tls
-        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
-        .unwrap();
+    let server = inbound_proxy(ca, "inbound: {mode: STRICT}\n", app(name).await, id).await;
     let inbound = server.running.inbound_addr.unwrap();
     (server, inbound)
 }

@@ -3,14 +3,12 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use mesh_proxy::testca::TestCa;
 use mesh_proxy::tls::TlsMaterial;
 use support::*;
@@ -21,28 +19,16 @@ const CLIENT_ID: &str = "spiffe://cluster.local/ns/client/sa/frontend";
 
 /// An app that answers with the path it got and the caller identity header.
 async fn app() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let xfcc = req
-                        .headers()
-                        .get("x-forwarded-client-cert")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-")
-                        .to_string();
-                    let body = format!("{} {:?} {}", req.uri().path(), req.version(), xfcc);
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    http_app(|req| async move {
+        let xfcc = req
+            .headers()
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        format!("{} {:?} {}", req.uri().path(), req.version(), xfcc)
+    })
+    .await
 }
 
 fn server_config(mode: &str) -> String {
@@ -64,25 +50,7 @@ struct Pair {
 }
 
 async fn pair(ca: &TestCa, expected_server_id: &str, mode: &str) -> Pair {
-    let app = app().await;
-    let server = start_proxy(
-        &server_config(mode),
-        &[],
-        &[
-            "--inbound-addr",
-            "127.0.0.1:0",
-            "--inbound-forward",
-            &app.to_string(),
-        ],
-    )
-    .await;
-    let (chain, key) = ca.issue(SERVER_ID);
-    server
-        .running
-        .shared
-        .tls
-        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
-        .unwrap();
+    let server = inbound_proxy(ca, &server_config(mode), app().await, SERVER_ID).await;
     let inbound = server.running.inbound_addr.unwrap();
     let client = start_proxy(
         &format!(
@@ -99,13 +67,7 @@ services:
         &[],
     )
     .await;
-    let (chain, key) = ca.issue(CLIENT_ID);
-    client
-        .running
-        .shared
-        .tls
-        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
-        .unwrap();
+    give_certificate(&client, ca, CLIENT_ID);
     Pair { client, server }
 }
 
@@ -287,36 +249,17 @@ async fn with_a_ca_the_proxy_is_ready_only_with_a_certificate() {
     assert_eq!(status_of(metrics, "/live").await, 200);
     assert_eq!(status_of(metrics, "/ready").await, 503);
     assert_eq!(status_of(p.running.admin_addr, "/ready").await, 503);
-    let ca = TestCa::new("a");
-    let (chain, key) = ca.issue(CLIENT_ID);
-    p.running
-        .shared
-        .tls
-        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
-        .unwrap();
+    give_certificate(&p, &TestCa::new("a"), CLIENT_ID);
     assert_eq!(status_of(metrics, "/ready").await, 200);
 }
 
 /// An app that answers after `delay`.
 async fn slow_app(delay: Duration) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| async move {
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    http_app(move |_| async move {
+        tokio::time::sleep(delay).await;
+        "ok".to_string()
+    })
+    .await
 }
 
 /// One of two server proxies drains (SIGTERM in a pod) while requests
@@ -330,25 +273,7 @@ async fn a_draining_server_proxy_costs_no_request() {
     let mut servers = Vec::new();
     for _ in 0..2 {
         let app = slow_app(Duration::from_millis(20)).await;
-        let server = start_proxy(
-            &server_config("STRICT"),
-            &[],
-            &[
-                "--inbound-addr",
-                "127.0.0.1:0",
-                "--inbound-forward",
-                &app.to_string(),
-            ],
-        )
-        .await;
-        let (chain, key) = ca.issue(SERVER_ID);
-        server
-            .running
-            .shared
-            .tls
-            .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
-            .unwrap();
-        servers.push(server);
+        servers.push(inbound_proxy(&ca, &server_config("STRICT"), app, SERVER_ID).await);
     }
     // Both endpoints are on 127.0.0.1, told apart by their ports.
     let endpoints: Vec<String> = servers
@@ -369,13 +294,7 @@ async fn a_draining_server_proxy_costs_no_request() {
         &[],
     )
     .await;
-    let (chain, key) = ca.issue(CLIENT_ID);
-    client
-        .running
-        .shared
-        .tls
-        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
-        .unwrap();
+    give_certificate(&client, &ca, CLIENT_ID);
     let addr = client.listener(0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();

@@ -742,13 +742,7 @@ async fn http2_requests_with_forbidden_or_injected_fields_never_reach_a_backend(
     )
     .await;
     let ca = TestCa::new("smuggling");
-    let (chain, key) = ca.issue(SERVER_ID);
-    proxy
-        .running
-        .shared
-        .tls
-        .set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
-        .unwrap();
+    give_certificate(&proxy, &ca, SERVER_ID);
     let peer = MeshTls::default();
     let (chain, key) = ca.issue(CLIENT_ID);
     peer.set(TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())

@@ -71,6 +71,69 @@ pub async fn start_proxy(config_yaml: &str, listen: &[&str], extra: &[&str]) -> 
     TestProxy { running, dir }
 }
 
+/// Gives `p` a workload certificate for `id` from `ca`.
+pub fn give_certificate(p: &TestProxy, ca: &mesh_proxy::testca::TestCa, id: &str) {
+    let (chain, key) = ca.issue(id);
+    p.running
+        .shared
+        .tls
+        .set(mesh_proxy::tls::TlsMaterial::from_pem(&chain, &key, &ca.root_pem()).unwrap())
+        .unwrap();
+}
+
+/// A server-side proxy: inbound on an ephemeral port with `config_yaml`
+/// (its mode and policies), forwarding to `app`, holding `id`'s certificate.
+pub async fn inbound_proxy(
+    ca: &mesh_proxy::testca::TestCa,
+    config_yaml: &str,
+    app: SocketAddr,
+    id: &str,
+) -> TestProxy {
+    let p = start_proxy(
+        config_yaml,
+        &[],
+        &[
+            "--inbound-addr",
+            "127.0.0.1:0",
+            "--inbound-forward",
+            &app.to_string(),
+        ],
+    )
+    .await;
+    give_certificate(&p, ca, id);
+    p
+}
+
+/// An HTTP/1.1 + HTTP/2 (h2c) app on loopback whose answer to each request
+/// is `handle`'s body.
+pub async fn http_app<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let answer = handle(req);
+                    async move {
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                            answer.await,
+                        ))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// An HTTP/1.1 + HTTP/2 (h2c) server that answers every request with its name.
 pub async fn http_backend(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
