@@ -230,6 +230,77 @@ async fn a_refused_connection_is_retried_elsewhere_by_default() {
     proxy.running.shutdown().await;
 }
 
+/// An HTTP/2 (h2c) server that refuses every stream (`REFUSED_STREAM`, as
+/// a server at its stream limit or shutting down does); counts them.
+async fn refusing_h2_backend(streams: Arc<AtomicU64>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    streams.fetch_add(1, Ordering::SeqCst);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A refused HTTP/2 stream was not processed (RFC 9113 §8.7): without any
+/// retry policy it goes to another endpoint, spending no budget; with no
+/// other endpoint the caller gets 503 `upstream-refused`, not a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_retried_elsewhere_by_default() {
+    let hits = Arc::new(AtomicU64::new(0));
+    let live = backend(hits.clone(), |_| (200, Duration::ZERO, "ok".into())).await;
+    let refused = Arc::new(AtomicU64::new(0));
+    let refusing = refusing_h2_backend(refused.clone()).await;
+    let service = |addrs: &[SocketAddr]| {
+        format!(
+            "services:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP2}}]\n    endpoints:\n{}",
+            endpoints_yaml(addrs, 80)
+        )
+    };
+    let get = |addr: SocketAddr| async move {
+        let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<http_body_util::Empty<Bytes>>();
+        let req = http::Request::get(format!("http://{addr}/"))
+            .header("host", "web")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = c.request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts, body)
+    };
+    let both = start_proxy(&service(&[live, refusing]), &["web:80"], &[]).await;
+    for _ in 0..100 {
+        let (head, body) = get(both.listener(0)).await;
+        assert_eq!(head.status, 200, "{body:?}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 100);
+    assert!(
+        refused.load(Ordering::SeqCst) >= 1,
+        "the refusing endpoint was never picked"
+    );
+    let alone = start_proxy(&service(&[refusing]), &["web:80"], &[]).await;
+    let (head, body) = get(alone.listener(0)).await;
+    assert_eq!(head.status, 503, "{body:?}");
+    assert_eq!(head.headers["x-mesh-error"], "upstream-refused");
+    assert!(
+        String::from_utf8_lossy(&body).contains("did not take the request"),
+        "{body:?}"
+    );
+    both.running.shutdown().await;
+    alone.running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_caps_extra_load() {
     let hits = Arc::new(AtomicU64::new(0));
