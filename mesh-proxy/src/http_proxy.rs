@@ -625,6 +625,7 @@ async fn routed(
         b.deposit(p.budget_ratio);
     }
     let max_tries = 1 + retry.map(|p| p.attempts).unwrap_or(0);
+    let idempotent = policy::is_idempotent(&parts.method);
     let mut parts = Some(parts);
     let mut tried = 0;
     let mut last_endpoint: Option<std::net::SocketAddr> = None;
@@ -740,21 +741,35 @@ async fn routed(
         };
         let unreachable = matches!(&outcome, policy::TryOutcome::Failed(e) if e.is_connect());
         let unprocessed = matches!(&outcome, policy::TryOutcome::Failed(e) if e.is_unprocessed());
-        balancer.record(
-            &endpoint,
-            match &outcome {
-                policy::TryOutcome::Status(s) => crate::resilience::Health::of_status(s.as_u16()),
-                _ if unreachable => crate::resilience::Health::Unreachable,
-                _ => crate::resilience::Health::GatewayError,
-            },
-        );
+        // An idempotent request that a reused keep-alive connection lost as
+        // the app closed it (its idle timeout) may be sent again whatever
+        // the policy says (RFC 9110 §9.2.2): the app is not to blame, and
+        // the caller must not see a 502 for our reuse.
+        let stale = idempotent
+            && matches!(
+                &outcome,
+                policy::TryOutcome::Failed(UpstreamError::Stale { .. })
+            );
+        if !stale {
+            balancer.record(
+                &endpoint,
+                match &outcome {
+                    policy::TryOutcome::Status(s) => {
+                        crate::resilience::Health::of_status(s.as_u16())
+                    }
+                    _ if unreachable => crate::resilience::Health::Unreachable,
+                    _ => crate::resilience::Health::GatewayError,
+                },
+            );
+        }
         // A try that never reached its endpoint's application added no
         // load there: it does not spend the retry budget.
         let again = tried < max_tries
             && body.is_replayable()
-            && retry.is_some_and(|p| p.retries(&outcome))
+            && (stale || retry.is_some_and(|p| p.retries(&outcome)))
             && (per_try_fired || !matches!(outcome, policy::TryOutcome::Timeout))
             && (unprocessed
+                || stale
                 || budget
                     .as_ref()
                     .zip(retry)
@@ -985,19 +1000,32 @@ async fn inbound(
         UpstreamProtocol::Http2
     };
     let (parts, b) = req.into_parts();
-    let req = Request::from_parts(parts, body::boxed(b));
-    match forward(
-        shared,
-        app,
-        req,
-        proto,
-        crate::pool::Security::Plaintext,
-        Default::default(),
-        None,
-        None,
-    )
-    .await
-    {
+    // A bodiless idempotent request that a reused keep-alive connection
+    // loses as the app closes it (its idle timeout) goes once more.
+    let again = (policy::is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&b))
+        .then(|| parts.clone());
+    let to_app = |req| {
+        forward(
+            shared,
+            app,
+            req,
+            proto,
+            crate::pool::Security::Plaintext,
+            Default::default(),
+            None,
+            None,
+        )
+    };
+    let mut result = to_app(Request::from_parts(parts, body::boxed(b))).await;
+    let stale = matches!(
+        result,
+        Err(ForwardError::Upstream(UpstreamError::Stale { .. }))
+    );
+    if let (true, Some(head)) = (stale, again) {
+        tracing::debug!(%app, "the app closed a reused connection; sending again");
+        result = to_app(Request::from_parts(head, body::empty())).await;
+    }
+    match result {
         Ok(r) => r,
         Err(ForwardError::Timeout(t)) => local_reply(
             StatusCode::GATEWAY_TIMEOUT,
@@ -1033,7 +1061,9 @@ fn upstream_failure(addr: SocketAddr, e: &UpstreamError, grpc: bool) -> Response
             (StatusCode::SERVICE_UNAVAILABLE, "upstream-connect")
         }
         UpstreamError::Tls { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream-tls"),
-        UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream-reset"),
+        UpstreamError::Http { .. } | UpstreamError::Stale { .. } => {
+            (StatusCode::BAD_GATEWAY, "upstream-reset")
+        }
         UpstreamError::Refused { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream-refused"),
     };
     tracing::debug!(%addr, "upstream failed: {e}");

@@ -372,7 +372,9 @@ impl RetryPolicy {
                 | UpstreamError::Tls { .. } => {
                     self.on_connect_failure || self.on_5xx || self.on_gateway_error
                 }
-                UpstreamError::Http { .. } => self.on_reset || self.on_5xx || self.on_gateway_error,
+                UpstreamError::Http { .. } | UpstreamError::Stale { .. } => {
+                    self.on_reset || self.on_5xx || self.on_gateway_error
+                }
                 // The endpoint did not process it: any retry policy may send
                 // it again, as if the connection had failed.
                 UpstreamError::Refused { .. } => true,

@@ -52,6 +52,15 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// An idle keep-alive connection, reused, closed as the request went
+    /// and before any answer: most likely the app's idle timeout (Node.js
+    /// closes after 5 s, gunicorn after 2 s) crossing our reuse.
+    #[error("upstream {addr} closed a reused connection before answering: {source}")]
+    Stale {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
     /// The endpoint is known not to have processed the request: it refused
     /// the stream (`REFUSED_STREAM`), its GOAWAY left the stream out, or
     /// the connection closed before the request was written.
@@ -440,7 +449,14 @@ impl Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
-                    None => return Err(UpstreamError::exchange(addr, e.into_error())),
+                    None => {
+                        let source = e.into_error();
+                        return Err(if source.is_incomplete_message() {
+                            UpstreamError::Stale { addr, source }
+                        } else {
+                            UpstreamError::exchange(addr, source)
+                        });
+                    }
                 },
             }
         }

@@ -301,6 +301,96 @@ async fn a_refused_stream_is_retried_elsewhere_by_default() {
     alone.running.shutdown().await;
 }
 
+/// An HTTP/1.1 app that answers the first request of each connection
+/// (keep-alive) and closes the connection when the next one arrives, as an
+/// app whose idle timeout crosses the proxy's reuse of the connection.
+async fn closes_reused_connections() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // The next request is read, then the connection closes.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A GET that a reused keep-alive connection loses because the app closes
+/// it just then is sent again on a new connection (no retry policy is
+/// needed: RFC 9110 lets a client repeat an idempotent request); a POST is
+/// not repeated and gets 502. Outbound, and inbound toward the local app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_lost_to_a_closing_keep_alive_connection_is_sent_again() {
+    let app = closes_reused_connections().await;
+    let yaml = format!(
+        "services:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}",
+        endpoints_yaml(&[app], 80)
+    );
+    let outbound = start_proxy(&yaml, &["web:80"], &[]).await;
+    let inbound = start_proxy(
+        "inbound: {mode: PERMISSIVE}\n",
+        &[],
+        &[
+            "--inbound-addr",
+            "127.0.0.1:0",
+            "--inbound-forward",
+            &app.to_string(),
+        ],
+    )
+    .await;
+    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let send = |addr: SocketAddr, method: http::Method| {
+        let c = c.clone();
+        async move {
+            // The proxy's connection is back in its pool by then.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let req = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}/"))
+                .header("host", "web")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let resp = c.request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    for (side, addr) in [
+        ("outbound", outbound.listener(0)),
+        ("inbound", inbound.running.inbound_addr.unwrap()),
+    ] {
+        for i in 0..5 {
+            let (status, body) = send(addr, http::Method::GET).await;
+            assert_eq!(status, 200, "{side} GET {i}: {body:?}");
+        }
+        let (status, body) = send(addr, http::Method::POST).await;
+        assert_eq!(status, 502, "{side}: {body:?}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("closed a reused connection"),
+            "{side}: {body:?}"
+        );
+    }
+    outbound.running.shutdown().await;
+    inbound.running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_caps_extra_load() {
     let hits = Arc::new(AtomicU64::new(0));
