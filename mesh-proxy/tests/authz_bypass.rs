@@ -104,16 +104,10 @@ const ALLOW_PUBLIC: &str = r#"
 
 /// An inbound proxy (PERMISSIVE: plaintext accepted) with `policies`,
 /// forwarding to `app`.
-async fn inbound_proxy(policies: &str, app: SocketAddr) -> TestProxy {
-    start_proxy(
+async fn permissive_inbound(policies: &str, app: SocketAddr) -> TestProxy {
+    inbound_only(
         &format!("inbound:\n  mode: PERMISSIVE\n  authorization:{policies}"),
-        &[],
-        &[
-            "--inbound-addr",
-            "127.0.0.1:0",
-            "--inbound-forward",
-            &app.to_string(),
-        ],
+        app,
     )
     .await
 }
@@ -164,7 +158,7 @@ async fn http1_path_tricks_get_the_normalized_paths_decision_and_the_app_gets_th
         (DENY_ADMIN, deny_admin as fn(&str) -> u16),
         (ALLOW_PUBLIC, allow_public),
     ] {
-        let p = inbound_proxy(policies, app.addr).await;
+        let p = permissive_inbound(policies, app.addr).await;
         let inbound = p.running.inbound_addr.unwrap();
         for (raw, normalized) in PATHS {
             let before = app.requests().len();
@@ -198,7 +192,7 @@ async fn http1_path_tricks_get_the_normalized_paths_decision_and_the_app_gets_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_host_tricks_get_the_normalized_hosts_decision() {
     let app = recording_backend().await;
-    let p = inbound_proxy(DENY_ADMIN, app.addr).await;
+    let p = permissive_inbound(DENY_ADMIN, app.addr).await;
     let inbound = p.running.inbound_addr.unwrap();
     for host in [
         "internal.default.svc.cluster.local",
@@ -270,7 +264,7 @@ async fn http2_path_and_authority_tricks_get_the_same_decisions() {
         (DENY_ADMIN, deny_admin as fn(&str) -> u16),
         (ALLOW_PUBLIC, allow_public),
     ] {
-        let p = inbound_proxy(policies, app).await;
+        let p = permissive_inbound(policies, app).await;
         let inbound = p.running.inbound_addr.unwrap();
         for (raw, normalized) in PATHS {
             let before = seen.lock().unwrap().len();
@@ -299,7 +293,7 @@ async fn http2_path_and_authority_tricks_get_the_same_decisions() {
         }
         p.running.shutdown().await;
     }
-    let p = inbound_proxy(DENY_ADMIN, app).await;
+    let p = permissive_inbound(DENY_ADMIN, app).await;
     let inbound = p.running.inbound_addr.unwrap();
     for authority in [
         "internal.default.svc.cluster.local",

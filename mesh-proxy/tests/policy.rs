@@ -114,12 +114,29 @@ struct Answer {
     body: String,
 }
 
+/// Sends `method path` to `web` through `proxy`, with a small body.
 async fn send(
     c: &Client,
     proxy: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+) -> Answer {
+    send_body(c, proxy, method, path, headers, b"payload").await
+}
+
+/// Sends `method /` to `web` through `proxy` without a body.
+async fn send_bodiless(c: &Client, proxy: SocketAddr, method: &str) -> Answer {
+    send_body(c, proxy, method, "/", &[], b"").await
+}
+
+async fn send_body(
+    c: &Client,
+    proxy: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
 ) -> Answer {
     let mut req = http::Request::builder()
         .method(method)
@@ -129,7 +146,7 @@ async fn send(
         req = req.header(*k, *v);
     }
     let resp = c
-        .request(req.body(Full::new(Bytes::from_static(b"payload"))).unwrap())
+        .request(req.body(Full::new(Bytes::from_static(body))).unwrap())
         .await
         .expect("the proxy answers");
     let status = resp.status().as_u16();
@@ -202,17 +219,10 @@ async fn a_refused_connection_is_retried_elsewhere_by_default() {
         endpoints_yaml(&[live, dead], 80)
     );
     let proxy = start_proxy(&yaml, &["web:80"], &[]).await;
-    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<http_body_util::Empty<Bytes>>();
+    let c = client();
     for _ in 0..200 {
-        let req = http::Request::get(format!("http://{}/", proxy.listener(0)))
-            .header("host", "web")
-            .body(http_body_util::Empty::new())
-            .unwrap();
-        let resp = c.request(req).await.unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(status, 200, "{body:?}");
+        let a = send_bodiless(&c, proxy.listener(0), "GET").await;
+        assert_eq!(a.status, 200, "{}", a.body);
     }
     assert_eq!(hits.load(Ordering::SeqCst), 200);
     let text = scrape(proxy.running.metrics_addr).await;
@@ -267,22 +277,11 @@ async fn a_refused_stream_is_retried_elsewhere_by_default() {
             endpoints_yaml(addrs, 80)
         )
     };
-    let get = |addr: SocketAddr| async move {
-        let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build_http::<http_body_util::Empty<Bytes>>();
-        let req = http::Request::get(format!("http://{addr}/"))
-            .header("host", "web")
-            .body(http_body_util::Empty::new())
-            .unwrap();
-        let resp = c.request(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (parts, body)
-    };
+    let c = client();
     let both = start_proxy(&service(&[live, refusing]), &["web:80"], &[]).await;
     for _ in 0..100 {
-        let (head, body) = get(both.listener(0)).await;
-        assert_eq!(head.status, 200, "{body:?}");
+        let a = send_bodiless(&c, both.listener(0), "GET").await;
+        assert_eq!(a.status, 200, "{}", a.body);
     }
     assert_eq!(hits.load(Ordering::SeqCst), 100);
     assert!(
@@ -290,13 +289,10 @@ async fn a_refused_stream_is_retried_elsewhere_by_default() {
         "the refusing endpoint was never picked"
     );
     let alone = start_proxy(&service(&[refusing]), &["web:80"], &[]).await;
-    let (head, body) = get(alone.listener(0)).await;
-    assert_eq!(head.status, 503, "{body:?}");
-    assert_eq!(head.headers["x-mesh-error"], "upstream-refused");
-    assert!(
-        String::from_utf8_lossy(&body).contains("did not take the request"),
-        "{body:?}"
-    );
+    let a = send_bodiless(&c, alone.listener(0), "GET").await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(a.headers["x-mesh-error"], "upstream-refused");
+    assert!(a.body.contains("did not take the request"), "{}", a.body);
     both.running.shutdown().await;
     alone.running.shutdown().await;
 }
@@ -342,50 +338,27 @@ async fn an_idempotent_request_lost_to_a_closing_keep_alive_connection_is_sent_a
         endpoints_yaml(&[app], 80)
     );
     let outbound = start_proxy(&yaml, &["web:80"], &[]).await;
-    let inbound = start_proxy(
-        "inbound: {mode: PERMISSIVE}\n",
-        &[],
-        &[
-            "--inbound-addr",
-            "127.0.0.1:0",
-            "--inbound-forward",
-            &app.to_string(),
-        ],
-    )
-    .await;
-    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<http_body_util::Empty<Bytes>>();
-    let send = |addr: SocketAddr, method: http::Method| {
-        let c = c.clone();
-        async move {
-            // The proxy's connection is back in its pool by then.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let req = http::Request::builder()
-                .method(method)
-                .uri(format!("http://{addr}/"))
-                .header("host", "web")
-                .body(http_body_util::Empty::new())
-                .unwrap();
-            let resp = c.request(req).await.unwrap();
-            let status = resp.status();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, body)
-        }
-    };
+    let inbound = inbound_only("inbound: {mode: PERMISSIVE}\n", app).await;
+    let c = client();
     for (side, addr) in [
         ("outbound", outbound.listener(0)),
         ("inbound", inbound.running.inbound_addr.unwrap()),
     ] {
-        for i in 0..5 {
-            let (status, body) = send(addr, http::Method::GET).await;
-            assert_eq!(status, 200, "{side} GET {i}: {body:?}");
+        for method in ["GET", "GET", "PUT", "DELETE", "POST"] {
+            // The proxy's connection is back in its pool by then.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let a = send_bodiless(&c, addr, method).await;
+            if method == "POST" {
+                assert_eq!(a.status, 502, "{side}: {}", a.body);
+                assert!(
+                    a.body.contains("closed a reused connection"),
+                    "{side}: {}",
+                    a.body
+                );
+            } else {
+                assert_eq!(a.status, 200, "{side} {method}: {}", a.body);
+            }
         }
-        let (status, body) = send(addr, http::Method::POST).await;
-        assert_eq!(status, 502, "{side}: {body:?}");
-        assert!(
-            String::from_utf8_lossy(&body).contains("closed a reused connection"),
-            "{side}: {body:?}"
-        );
     }
     outbound.running.shutdown().await;
     inbound.running.shutdown().await;

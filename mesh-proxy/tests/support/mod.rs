@@ -89,7 +89,14 @@ pub async fn inbound_proxy(
     app: SocketAddr,
     id: &str,
 ) -> TestProxy {
-    let p = start_proxy(
+    let p = inbound_only(config_yaml, app).await;
+    give_certificate(&p, ca, id);
+    p
+}
+
+/// [`inbound_proxy`] without a certificate (plaintext callers only).
+pub async fn inbound_only(config_yaml: &str, app: SocketAddr) -> TestProxy {
+    start_proxy(
         config_yaml,
         &[],
         &[
@@ -99,9 +106,7 @@ pub async fn inbound_proxy(
             &app.to_string(),
         ],
     )
-    .await;
-    give_certificate(&p, ca, id);
-    p
+    .await
 }
 
 /// An HTTP/1.1 + HTTP/2 (h2c) app on loopback whose answer to each request
