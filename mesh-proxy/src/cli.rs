@@ -81,6 +81,20 @@ pub struct RunArgs {
     #[arg(long, env = "MESH_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// How often the proxy sends an HTTP/2 PING on its connections to other
+    /// mesh proxies and from downstream clients, to find peers gone without
+    /// closing (a node that died, a silent partition). 0s turns the pings
+    /// off. Plaintext and TLS-origination upstreams (apps, servers
+    /// outside the mesh) are never pinged: gRPC servers refuse frequent
+    /// pings.
+    #[arg(long, env = "MESH_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before the connection is closed
+    /// (its requests fail and new ones open a new connection).
+    #[arg(long, env = "MESH_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
     /// Workload name used as the source label in metrics.
     #[arg(long, env = "MESH_WORKLOAD", default_value = "unknown")]
     pub workload: String,
@@ -362,6 +376,8 @@ mod tests {
             unreachable!()
         };
         assert_eq!(args.header_read_timeout, crate::HEADER_READ_TIMEOUT);
+        assert_eq!(args.keepalive_interval, Duration::from_secs(10));
+        assert_eq!(args.keepalive_timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -238,18 +238,29 @@ impl Security<'_> {
     }
 }
 
+/// HTTP/2 PINGs that find connections whose peer is gone without closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
 /// Connection pool over every endpoint this proxy talks to.
 #[derive(Clone)]
 pub struct Pool {
     conns: Arc<Mutex<HashMap<PoolKey, Arc<EndpointConns>>>>,
     tls: Arc<MeshTls>,
+    /// Pings on mesh mTLS connections (other proxies answer them; app and
+    /// external gRPC servers may answer frequent pings with GOAWAY).
+    keepalive: Option<Keepalive>,
 }
 
 impl Pool {
-    pub fn new(tls: Arc<MeshTls>) -> Self {
+    pub fn new(tls: Arc<MeshTls>, keepalive: Option<Keepalive>) -> Self {
         Self {
             conns: Default::default(),
             tls,
+            keepalive,
         }
     }
 
@@ -315,13 +326,25 @@ impl Pool {
     async fn h2_handshake<I>(
         addr: SocketAddr,
         io: I,
+        keepalive: Option<Keepalive>,
     ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONN_WINDOW)
+            .initial_connection_window_size(H2_CONN_WINDOW);
+        if let Some(k) = keepalive {
+            // Idle pooled connections too: a dead one is found before a
+            // request is sent on it.
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, conn) = builder
             .handshake(io)
             .await
             .map_err(|source| UpstreamError::Http { addr, source })?;
@@ -400,18 +423,18 @@ impl Pool {
         let sender = match security {
             Security::Plaintext => {
                 let io = self.connect(addr, timeout, None, None).await?;
-                Self::h2_handshake(addr, TokioIo::new(io)).await?
+                Self::h2_handshake(addr, TokioIo::new(io), None).await?
             }
             Security::Origination(t) => {
                 let io = self
                     .connect(addr, timeout, Some(&t.h2), Some(&t.server_name))
                     .await?;
-                Self::h2_handshake(addr, TokioIo::new(io)).await?
+                Self::h2_handshake(addr, TokioIo::new(io), None).await?
             }
             Security::Mesh(id) => {
                 let tcp = connect_tcp(addr, timeout).await?;
                 let tls = connect_mesh_tls(&self.tls, addr, id, ALPN_H2, tcp).await?;
-                Self::h2_handshake(addr, TokioIo::new(tls)).await?
+                Self::h2_handshake(addr, TokioIo::new(tls), self.keepalive).await?
             }
         };
         *slot = Some((sender.clone(), 1));

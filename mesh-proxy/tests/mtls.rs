@@ -343,3 +343,145 @@ async fn a_draining_server_proxy_costs_no_request() {
         &failed[..failed.len().min(5)]
     );
 }
+
+/// A TCP relay to `to` that can go silent: after `black_hole` is set, the
+/// connections it carried drop every byte without closing (a node that
+/// died, a silent partition); connections opened later relay normally.
+/// `closed_by_server` counts those silent connections the far side closed.
+struct Relay {
+    addr: SocketAddr,
+    black_hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    closed_by_server: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn relay(to: SocketAddr) -> Relay {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let black_hole = Arc::new(AtomicBool::new(false));
+    let closed_by_server = Arc::new(AtomicU64::new(0));
+    let (bh, closed) = (black_hole.clone(), closed_by_server.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            // Only connections open when the hole opens go silent.
+            let silent = Arc::new(AtomicBool::new(false));
+            if !bh.load(Ordering::SeqCst) {
+                let watch = (bh.clone(), silent.clone());
+                tokio::spawn(async move {
+                    while !watch.0.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    watch.1.store(true, Ordering::SeqCst);
+                });
+            }
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let s1 = silent.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if !s1.load(Ordering::SeqCst) && sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            if silent.load(Ordering::SeqCst) {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            // Keep the client side open: it must find out
+                            // by itself.
+                            std::future::pending::<()>().await;
+                        }
+                        Ok(n) => {
+                            if !silent.load(Ordering::SeqCst)
+                                && cw.write_all(&buf[..n]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Relay {
+        addr,
+        black_hole,
+        closed_by_server,
+    }
+}
+
+/// A peer proxy that vanishes without closing (its node died): the client
+/// proxy's pooled HTTP/2 connection to it stops answering PINGs, is closed
+/// within interval + timeout, and the next request opens a new connection
+/// instead of hanging on the dead one; the server proxy frees its side too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gone_silent_is_found_by_keepalive_pings() {
+    let ca = TestCa::new("keepalive");
+    let keepalive = [
+        "--keepalive-interval",
+        "500ms",
+        "--keepalive-timeout",
+        "500ms",
+    ];
+    let app = slow_app(Duration::ZERO).await;
+    let server = start_proxy(
+        &server_config("STRICT"),
+        &[],
+        &[
+            &[
+                "--inbound-addr",
+                "127.0.0.1:0",
+                "--inbound-forward",
+                &app.to_string(),
+            ][..],
+            &keepalive[..],
+        ]
+        .concat(),
+    )
+    .await;
+    give_certificate(&server, &ca, SERVER_ID);
+    let relay = relay(server.running.inbound_addr.unwrap()).await;
+    let client = start_proxy(
+        &format!(
+            "services:\n  - name: web.server.svc.cluster.local\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n      - {{address: \"127.0.0.1\", ports: {{\"80\": {}}}, identity: \"{SERVER_ID}\"}}\n",
+            relay.addr.port()
+        ),
+        &["web.server.svc.cluster.local:80"],
+        &keepalive,
+    )
+    .await;
+    give_certificate(&client, &ca, CLIENT_ID);
+    let addr = client.listener(0);
+    let (status, _, body) = get(addr, "/").await;
+    assert_eq!(status, 200, "{body}");
+    relay
+        .black_hole
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Interval + timeout is 1 s; give it 3.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = std::time::Instant::now();
+    let (status, _, body) = get(addr, "/").await;
+    assert_eq!(status, 200, "after the peer went silent: {body}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(
+        relay
+            .closed_by_server
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the server proxy closed its side of the silent connection"
+    );
+}
