@@ -128,8 +128,6 @@ pub struct Shared {
     /// Time allowed for an HTTP/1 request head, and for an idle keep-alive
     /// connection ([`HEADER_READ_TIMEOUT`] unless `--header-read-timeout`).
     pub header_read_timeout: Duration,
-    /// HTTP/2 PING interval and timeout (`--keepalive-*`); `None`: off.
-    pub keepalive: Option<pool::Keepalive>,
 }
 
 impl Shared {
@@ -254,7 +252,6 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
         needs_identity: args.ca_addr.is_some(),
         app_probes,
         header_read_timeout: args.header_read_timeout,
-        keepalive,
     });
     if let Some(cfg) = initial {
         shared.apply(cfg).map_err(|e| {
@@ -721,18 +718,18 @@ pub(crate) async fn serve_http2<I>(
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let keepalive = shared.keepalive;
+    let keepalive = shared.pool.keepalive();
     let svc = proxy_service(shared, info);
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    if let Some(k) = keepalive {
         // A client gone without closing (its node died) is found and its
         // connection freed.
-        .keep_alive_interval(keepalive.map(|k| k.interval))
-        .keep_alive_timeout(
-            keepalive
-                .map(|k| k.timeout)
-                .unwrap_or(Duration::from_secs(20)),
-        )
+        builder
+            .keep_alive_interval(k.interval)
+            .keep_alive_timeout(k.timeout);
+    }
+    let conn = builder
+        .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)

@@ -264,6 +264,12 @@ impl Pool {
         }
     }
 
+    /// The HTTP/2 PINGs of this proxy (`--keepalive-*`), also used for its
+    /// downstream connections; `None`: off.
+    pub fn keepalive(&self) -> Option<Keepalive> {
+        self.keepalive
+    }
+
     fn endpoint(&self, key: PoolKey) -> Arc<EndpointConns> {
         let mut map = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(key).or_default().clone()
