@@ -650,6 +650,12 @@ fn check_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
                 check_duration(t),
             );
         }
+        if let Some(t) = pool.http.as_ref().and_then(|h| h.idle_timeout.as_ref()) {
+            r.check(
+                format!("{path}.connectionPool.http.idleTimeout"),
+                check_positive_duration(t),
+            );
+        }
     }
     if let Some(od) = &tp.outlier_detection {
         let op = format!("{path}.outlierDetection");

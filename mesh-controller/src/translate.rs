@@ -785,6 +785,7 @@ fn connection_pool(cp: &net::ConnectionPoolSettings) -> pb::ConnectionPool {
         max_pending_requests: http.http1_max_pending_requests.unwrap_or(0),
         max_requests_per_connection: http.max_requests_per_connection.unwrap_or(0),
         connect_timeout_ms: ms(tcp.connect_timeout.as_ref()),
+        idle_timeout_ms: ms(http.idle_timeout.as_ref()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! connections reused one request at a time, and one multiplexed HTTP/2
 //! connection per endpoint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,14 +106,19 @@ impl UpstreamError {
     }
 }
 
-/// The shared HTTP/2 connection and how many requests it carried.
-type H2Slot = Option<(http2::SendRequest<ProxyBody>, u32)>;
+/// The shared HTTP/2 connection, how many requests it carried, and when
+/// the last one went.
+type H2Slot = Option<(http2::SendRequest<ProxyBody>, u32, Instant)>;
+
+/// An idle HTTP/1 connection, how many requests it carried, and since when
+/// it is idle.
+type IdleH1 = (http1::SendRequest<ProxyBody>, u32, Instant);
 
 #[derive(Default)]
 struct EndpointConns {
     h2: tokio::sync::Mutex<H2Slot>,
-    /// Idle HTTP/1 connections and how many requests each carried.
-    h1_idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, u32)>>,
+    /// Idle HTTP/1 connections, oldest first (the newest is reused first).
+    h1_idle: Mutex<VecDeque<IdleH1>>,
 }
 
 /// Connections are shared per endpoint address and security (the expected
@@ -401,7 +406,7 @@ impl Pool {
             // Forget the closed connection unless another request already
             // replaced it.
             let mut slot = conns.h2.lock().await;
-            if slot.as_ref().is_some_and(|(s, _)| s.is_closed()) {
+            if slot.as_ref().is_some_and(|(s, _, _)| s.is_closed()) {
                 *slot = None;
             }
         }
@@ -418,9 +423,10 @@ impl Pool {
     ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
         let timeout = policy.connect_timeout;
         let mut slot = conns.h2.lock().await;
-        if let Some((s, used)) = slot.as_mut() {
-            if !s.is_closed() && policy.reusable(*used) {
+        if let Some((s, used, last)) = slot.as_mut() {
+            if !s.is_closed() && policy.reusable(*used) && policy.h2_fresh(*last) {
                 *used += 1;
+                *last = Instant::now();
                 return Ok(s.clone());
             }
         }
@@ -443,7 +449,7 @@ impl Pool {
                 Self::h2_handshake(addr, TokioIo::new(tls), self.keepalive).await?
             }
         };
-        *slot = Some((sender.clone(), 1));
+        *slot = Some((sender.clone(), 1, Instant::now()));
         Ok(sender)
     }
 
@@ -455,16 +461,27 @@ impl Pool {
         conns: Arc<EndpointConns>,
         mut req: http::Request<ProxyBody>,
     ) -> Result<(http::Response<Incoming>, Instant), UpstreamError> {
-        // Reuse an idle connection if one is still open; a connection the
-        // server closed while idle gives the request back unsent, and we try
-        // the next one.
+        // Reuse the newest idle connection if it is still open and was not
+        // idle too long (the app may be closing it); a connection the server
+        // closed while idle gives the request back unsent, and we try the
+        // next one.
         loop {
-            let idle = conns
-                .h1_idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop();
-            let Some((mut sender, used)) = idle else {
+            let idle = {
+                let mut idle = conns.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+                let newest = idle.pop_back();
+                if newest
+                    .as_ref()
+                    .is_some_and(|(_, _, since)| since.elapsed() >= policy.h1_idle_timeout())
+                {
+                    // The rest went idle earlier: all too old. Dropping them
+                    // closes them.
+                    idle.clear();
+                    None
+                } else {
+                    newest
+                }
+            };
+            let Some((mut sender, used, _)) = idle else {
                 break;
             };
             if !sender.is_ready() {
@@ -528,11 +545,21 @@ impl Pool {
         if !policy.reusable(used) {
             return;
         }
+        let max_idle = policy.h1_idle_timeout();
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
+                let now = Instant::now();
                 let mut idle = conns.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+                // Close the connections that stayed idle too long while
+                // newer ones served.
+                while idle
+                    .front()
+                    .is_some_and(|(_, _, since)| now.duration_since(*since) >= max_idle)
+                {
+                    idle.pop_front();
+                }
                 if idle.len() < MAX_IDLE_H1_PER_ENDPOINT {
-                    idle.push((sender, used));
+                    idle.push_back((sender, used, now));
                 }
             }
         });

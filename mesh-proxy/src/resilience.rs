@@ -188,8 +188,8 @@ pub fn record(
 }
 
 /// How connections to a backend's endpoints are opened and reused
-/// (DestinationRule `connectionPool.connectTimeout` and
-/// `maxRequestsPerConnection`).
+/// (DestinationRule `connectionPool.tcp.connectTimeout`,
+/// `http.maxRequestsPerConnection` and `http.idleTimeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnPolicy {
     pub connect_timeout: std::time::Duration,
@@ -197,13 +197,24 @@ pub struct ConnPolicy {
     /// (0: no limit). Spreads long-lived clients over endpoints that come
     /// and go, and retires connections through old load balancers.
     pub max_requests_per_connection: u32,
+    /// How long a connection may go without a new request and still be
+    /// reused; `None`: the default, [`DEFAULT_H1_IDLE_TIMEOUT`] for HTTP/1
+    /// and no limit for HTTP/2.
+    pub idle_timeout: Option<std::time::Duration>,
 }
+
+/// HTTP/1 connections idle longer than this are not reused: below the
+/// keep-alive timeouts of common app servers (Node.js and uvicorn 5 s), so
+/// that we do not send a request on a connection the app is closing.
+/// Linkerd uses the same 3 s.
+pub const DEFAULT_H1_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Default for ConnPolicy {
     fn default() -> Self {
         Self {
             connect_timeout: crate::pool::DEFAULT_CONNECT_TIMEOUT,
             max_requests_per_connection: 0,
+            idle_timeout: None,
         }
     }
 }
@@ -216,8 +227,22 @@ impl ConnPolicy {
                 c.connect_timeout = std::time::Duration::from_millis(p.connect_timeout_ms);
             }
             c.max_requests_per_connection = p.max_requests_per_connection;
+            if p.idle_timeout_ms > 0 {
+                c.idle_timeout = Some(std::time::Duration::from_millis(p.idle_timeout_ms));
+            }
         }
         c
+    }
+
+    /// How long an idle HTTP/1 connection stays reusable.
+    pub fn h1_idle_timeout(&self) -> std::time::Duration {
+        self.idle_timeout.unwrap_or(DEFAULT_H1_IDLE_TIMEOUT)
+    }
+
+    /// Whether an HTTP/2 connection whose last request went at `last` may
+    /// take another.
+    pub fn h2_fresh(&self, last: std::time::Instant) -> bool {
+        self.idle_timeout.is_none_or(|t| last.elapsed() < t)
     }
 
     /// Whether a connection that carried `used` requests may carry another.

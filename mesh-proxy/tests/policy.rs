@@ -789,7 +789,7 @@ async fn tcp_routes_split_connections_by_weight() {
     proxy.running.shutdown().await;
 }
 
-/// An HTTP/1.1 backend that counts the connections it accepted.
+/// An HTTP/1.1 and h2c backend that counts the connections it accepted.
 async fn counting_backend(conns: Arc<AtomicU64>) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -802,9 +802,11 @@ async fn counting_backend(conns: Arc<AtomicU64>) -> SocketAddr {
                         http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
                     ))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
             });
         }
     });
@@ -830,6 +832,44 @@ async fn max_requests_per_connection_opens_new_connections() {
     // 12 sequential requests, 3 per connection: 4 connections (without the
     // limit, one connection carries them all).
     assert_eq!(conns.load(Ordering::SeqCst), 4);
+    proxy.running.shutdown().await;
+}
+
+/// DestinationRule `connectionPool.http.idleTimeout`: a connection that
+/// went without a request for longer is not reused. With an app that
+/// closes a keep-alive connection at its second request (as one whose idle
+/// timeout fires just then), a POST after the idle timeout gets a new
+/// connection and 200, where it got 502 on the reused one (test above).
+/// HTTP/2 connections follow it too; the default keeps HTTP/2 connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_idle_past_idle_timeout_are_not_reused() {
+    let app = closes_reused_connections().await;
+    let conns = Arc::new(AtomicU64::new(0));
+    let h2 = counting_backend(conns.clone()).await;
+    let h2_default_conns = Arc::new(AtomicU64::new(0));
+    let h2_default = counting_backend(h2_default_conns.clone()).await;
+    let yaml = format!(
+        "services:\n  - name: web\n    ports: [{{port: 80, protocol: HTTP1}}]\n    endpoints:\n{}    policy:\n      connectionPool: {{idleTimeoutMs: 200}}\n  - name: grpc\n    ports: [{{port: 81, protocol: HTTP2}}]\n    endpoints:\n{}    policy:\n      connectionPool: {{idleTimeoutMs: 200}}\n  - name: grpc-default\n    ports: [{{port: 82, protocol: HTTP2}}]\n    endpoints:\n{}",
+        endpoints_yaml(&[app], 80),
+        endpoints_yaml(&[h2], 81),
+        endpoints_yaml(&[h2_default], 82),
+    );
+    let proxy = start_proxy(&yaml, &["web:80", "grpc:81", "grpc-default:82"], &[]).await;
+    let c = client();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let a = send_bodiless(&c, proxy.listener(0), "POST").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    for addr in [proxy.listener(1), proxy.listener(2)] {
+        for gap in [0, 50, 300, 50] {
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+            assert_eq!(send(&c, addr, "GET", "/", &[]).await.status, 200);
+        }
+    }
+    // Four requests, one gap over 200 ms: a second connection.
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(h2_default_conns.load(Ordering::SeqCst), 1);
     proxy.running.shutdown().await;
 }
 

@@ -160,6 +160,11 @@ pub struct HttpSettings {
     /// Requests per connection before it is closed; 0 means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
+    /// How long an upstream connection may carry no request before it is
+    /// no longer reused, e.g. `"2s"` (HTTP/1 and HTTP/2). Keep it below the
+    /// app's keep-alive timeout. Unset: 3 s for HTTP/1, none for HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
 }
 
 /// Eject endpoints that keep failing.

@@ -37,6 +37,15 @@ pub(super) fn check_duration(value: &str) -> Result<(), String> {
     parse_duration(value).map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// A duration that means something only above zero.
+pub(super) fn check_positive_duration(value: &str) -> Result<(), String> {
+    match parse_duration(value) {
+        Ok(d) if d.is_zero() => Err(format!("duration {value:?} must be more than 0")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// An RFC 1123 label: lowercase letters, digits and `-`, at most 63.
 pub(super) fn check_dns_label(value: &str) -> Result<(), String> {
     if is_dns_label(value) {

@@ -90,6 +90,30 @@ fn mutual_origination_needs_both_files_and_only_mutual_takes_them() {
 }
 
 #[test]
+fn connection_idle_timeout_must_be_a_positive_duration() {
+    let errors = |http: &str| {
+        let dr: crate::DestinationRule = serde_yaml::from_str(&format!(
+            "apiVersion: networking.mesh.dev/v1\nkind: DestinationRule\nmetadata: {{name: x, namespace: n}}\nspec:\n  host: web\n  trafficPolicy:\n    connectionPool: {{http: {http}}}\n"
+        ))
+        .unwrap();
+        super::validate_destination_rule(&dr)
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    assert_eq!(errors("{idleTimeout: 2s}"), "");
+    assert_eq!(errors("{idleTimeout: 500ms}"), "");
+    let zero = errors("{idleTimeout: 0s}");
+    assert!(
+        zero.contains("connectionPool.http.idleTimeout") && zero.contains("must be more than 0"),
+        "{zero}"
+    );
+    let bad = errors("{idleTimeout: soon}");
+    assert!(bad.contains("connectionPool.http.idleTimeout"), "{bad}");
+}
+
+#[test]
 fn fuzz_logic_smoke() {
     let examples = [
         include_str!("../../testdata/good/networking.yaml"),
