@@ -30,6 +30,17 @@ pub fn svid_identity<'a>(mut uris: impl Iterator<Item = &'a str>) -> Option<Stri
     }
 }
 
+/// The SPIFFE ID of a DER X.509-SVID: [`svid_identity`] over its URI
+/// SANs; `None` if it does not parse.
+pub fn der_identity(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    svid_identity(san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+        _ => None,
+    }))
+}
+
 /// SPIFFE ID syntax: `spiffe://` and a trust domain of `[a-z0-9.-_]`, then
 /// path segments of `[A-Za-z0-9.-_]` that are neither empty, `.` nor `..`;
 /// no port, user, query or fragment; at most 2048 bytes.

@@ -325,12 +325,7 @@ pub fn renew_delay(not_after: SystemTime, now: SystemTime) -> Duration {
 /// a client certificate with several URI SANs, or a malformed one, names
 /// no proxy.
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let san = c.subject_alternative_name().ok()??;
-    mesh_api::svid::svid_identity(san.value.general_names.iter().filter_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-        _ => None,
-    }))
+    mesh_api::svid::der_identity(cert.as_ref())
 }
 
 #[cfg(test)]

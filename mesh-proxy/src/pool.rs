@@ -468,18 +468,8 @@ impl Pool {
         loop {
             let idle = {
                 let mut idle = conns.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
-                let newest = idle.pop_back();
-                if newest
-                    .as_ref()
-                    .is_some_and(|(_, _, since)| since.elapsed() >= policy.h1_idle_timeout())
-                {
-                    // The rest went idle earlier: all too old. Dropping them
-                    // closes them.
-                    idle.clear();
-                    None
-                } else {
-                    newest
-                }
+                drop_expired(&mut idle, Instant::now(), policy.h1_idle_timeout());
+                idle.pop_back()
             };
             let Some((mut sender, used, _)) = idle else {
                 break;
@@ -550,19 +540,23 @@ impl Pool {
             if sender.ready().await.is_ok() {
                 let now = Instant::now();
                 let mut idle = conns.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
-                // Close the connections that stayed idle too long while
-                // newer ones served.
-                while idle
-                    .front()
-                    .is_some_and(|(_, _, since)| now.duration_since(*since) >= max_idle)
-                {
-                    idle.pop_front();
-                }
+                drop_expired(&mut idle, now, max_idle);
                 if idle.len() < MAX_IDLE_H1_PER_ENDPOINT {
                     idle.push_back((sender, used, now));
                 }
             }
         });
+    }
+}
+
+/// Closes (drops) the idle HTTP/1 connections too old to reuse: they are at
+/// the front, the oldest first.
+fn drop_expired(idle: &mut VecDeque<IdleH1>, now: Instant, max_idle: Duration) {
+    while idle
+        .front()
+        .is_some_and(|(_, _, since)| now.duration_since(*since) >= max_idle)
+    {
+        idle.pop_front();
     }
 }
 

@@ -121,12 +121,7 @@ impl TlsMaterial {
 
 /// The SPIFFE ID of an X.509-SVID (see [`mesh_api::svid::svid_identity`]).
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    mesh_api::svid::svid_identity(san.value.general_names.iter().filter_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-        _ => None,
-    }))
+    mesh_api::svid::der_identity(cert.as_ref())
 }
 
 fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
