@@ -482,8 +482,9 @@ async fn faults_delay_a_share_and_abort_with_the_configured_status() {
     .await;
     assert_eq!(a.headers["grpc-status"], "14");
 
-    // 2,000 requests, 64 at a time: the proxy delays 30% ± 3% of them, and
-    // the requests it delays really wait.
+    // 2,000 requests, 64 at a time: the proxy delays 30% ± 5% of them (at
+    // random: one standard deviation is 1%), and the requests it delays
+    // really wait.
     let addr = proxy.listener(0);
     let slow = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..64)
@@ -508,7 +509,7 @@ async fn faults_delay_a_share_and_abort_with_the_configured_status() {
     let delayed = metric_value(&metrics, "mesh_faults_injected_total{kind=\"delay\"}");
     let share = delayed / n as f64;
     assert!(
-        (0.27..=0.33).contains(&share),
+        (0.25..=0.35).contains(&share),
         "{:.1}% delayed",
         share * 100.0
     );
@@ -782,9 +783,12 @@ async fn tcp_routes_split_connections_by_weight() {
             two_count += 1;
         }
     }
+    // Each connection picks at random: 200 ± 12.6 (one standard
+    // deviation) of 1000. ± 60 fails once in a million runs by chance,
+    // and still tells 20% from 10% or 30%. (± 30 failed a CI run at 231.)
     assert!(
-        (170..=230).contains(&two_count),
-        "20% ± 3% to v2: {two_count} of 1000"
+        (140..=260).contains(&two_count),
+        "20% ± 6% to v2: {two_count} of 1000"
     );
     proxy.running.shutdown().await;
 }
